@@ -42,7 +42,7 @@ public final class Suite {
     record Slice(String include, Map<String, String[]> params) {
     }
 
-    static final Class<?>[] BENCHMARKS = {AggregateBench.class, PadBench.class, TriadBench.class};
+    static final Class<?>[] BENCHMARKS = {AggregateBench.class, PadBench.class, TriadBench.class, KernelBench.class};
 
     public static void main(String[] args) throws RunnerException, IOException {
         if (args.length != 2) {
@@ -75,7 +75,8 @@ public final class Suite {
     }
 
     static List<Slice> slices(String plan) {
-        String aggregate = "\\.AggregateBench\\.", pad = "\\.PadBench\\.", triad = "\\.TriadBench\\.";
+        String aggregate = "\\.AggregateBench\\.", pad = "\\.PadBench\\.", triad = "\\.TriadBench\\.",
+                kernel = "\\.KernelBench\\.";
         Slice issue2 = new Slice(aggregate, params("shape", "llama7b", "clients", "16", "mix", "uniform",
                 "strategy", "replication", "backend", "scalar,vector"));
         Slice triadSlice = new Slice(triad, Map.of());
@@ -84,15 +85,17 @@ public final class Suite {
                     triadSlice,
                     issue2,
                     new Slice(pad, Map.of()),
+                    new Slice(kernel, Map.of()),
                     new Slice(aggregate, params("mix", "uniform")),
                     new Slice(aggregate, params("mix", "paper", "shape", "distilbert,llama-mlp",
                             "clients", "10,100", "backend", "vector")),
                     // Measured again at the end: the two triads bracket the run and show its drift.
                     triadSlice);
-            case "issue2" -> List.of(triadSlice, issue2, triadSlice);
+            case "issue2" -> List.of(triadSlice, issue2, new Slice(kernel, Map.of()), triadSlice);
             case "smoke" -> List.of(
                     new Slice(aggregate, params("shape", "distilbert", "clients", "2", "mix", "paper")),
                     new Slice(pad, params("shape", "distilbert")),
+                    new Slice(kernel, params("shape", "distilbert", "clients", "2")),
                     new Slice(triad, params("elements", "1048576")));
             default -> throw new IllegalArgumentException("unknown plan '" + plan + "'; expected full, issue2 or smoke");
         };
