@@ -58,6 +58,7 @@ int main(int argc, char** argv)
         return 2;
     }
     setenv("FEDLORA_EMU_MEMORY", "64K", 1);
+    setenv("FEDLORA_EMU_QUIET", "1", 1); /* every error below is provoked; the checks read the message */
     CUdevice device;
     CUcontext primary;
     OK(cuInit(0));
@@ -170,6 +171,6 @@ int main(int argc, char** argv)
         fprintf(stderr, "emu_test: %d failures\n", failures);
         return 1;
     }
-    printf("emu_test: all passed (the fedlora-emu lines above were provoked on purpose)\n");
+    printf("emu_test: all passed\n");
     return 0;
 }

@@ -66,6 +66,14 @@ public final class CudaKernels implements Kernels {
         }
     }
 
+    /** Makes the device's context current on this thread and returns its free memory (for tests and diagnostics). */
+    long freeDeviceBytes() {
+        synchronized (device) {
+            device.makeCurrent();
+            return device.freeBytes();
+        }
+    }
+
     void forget(CudaAccumulator accumulator) {
         open.remove(accumulator);
     }
