@@ -6,6 +6,7 @@ import java.util.Arrays;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.ForkJoinWorkerThread;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.IntConsumer;
 import java.util.stream.IntStream;
 
 /**
@@ -166,17 +167,14 @@ public abstract class CpuKernels implements Kernels {
         }
         // ||BA||_F^2 = sum_ij (A A^T)_ij (B^T B)_ij; both Grams are symmetric, so sum i >= j twice.
         double[] perRow = new double[r];
-        IntStream rowsOfGram = IntStream.range(0, r);
-        Runnable body = () -> (((long) r * r * (n + m) >= PARALLEL_MIN && threads > 1) ? rowsOfGram.parallel() : rowsOfGram)
-                .forEach(i -> {
-                    double s = 0;
-                    for (int j = 0; j <= i; j++) {
-                        double g = dot(rowsOfA, i * n, rowsOfA, j * n, n) * dot(colsOfB, i * m, colsOfB, j * m, m);
-                        s += i == j ? g : 2 * g;
-                    }
-                    perRow[i] = s;
-                });
-        run(body);
+        parallelFor(r, (long) r * r * (n + m) / 2, i -> {
+            double s = 0;
+            for (int j = 0; j <= i; j++) {
+                double g = dot(rowsOfA, i * n, rowsOfA, j * n, n) * dot(colsOfB, i * m, colsOfB, j * m, m);
+                s += i == j ? g : 2 * g;
+            }
+            perRow[i] = s;
+        });
         double sum = 0;
         for (double s : perRow) {
             sum += s;
@@ -205,36 +203,29 @@ public abstract class CpuKernels implements Kernels {
         int col1(int t) { return Math.min(cols, col0(t) + colChunk); }
     }
 
-    interface TileBody {
-        void run(int tile);
-    }
-
     interface RowBlockBody {
         void run(int row0, int row1);
     }
 
-    private void forEachTile(Tiling tiling, TileBody body) {
-        if (threads == 1 || (long) tiling.rows * tiling.cols < PARALLEL_MIN || tiling.tiles < 2) {
-            for (int t = 0; t < tiling.tiles; t++) {
-                body.run(t);
-            }
-            return;
-        }
-        run(() -> IntStream.range(0, tiling.tiles).parallel().forEach(body::run));
+    private void forEachTile(Tiling tiling, IntConsumer body) {
+        parallelFor(tiling.tiles, (long) tiling.rows * tiling.cols, body);
     }
 
     private void forEachRowBlock(int rows, int cols, RowBlockBody body) {
-        Tiling tiling = new Tiling(rows, Math.max(cols, 1));
-        int rowsPerBlock = tiling.rowsPerTile;
+        int rowsPerBlock = new Tiling(rows, Math.max(cols, 1)).rowsPerTile;
         int blocks = (rows + rowsPerBlock - 1) / rowsPerBlock;
-        TileBody perBlock = blk -> body.run(blk * rowsPerBlock, Math.min(rows, (blk + 1) * rowsPerBlock));
-        if (threads == 1 || (long) rows * cols < PARALLEL_MIN || blocks < 2) {
-            for (int blk = 0; blk < blocks; blk++) {
-                perBlock.run(blk);
+        parallelFor(blocks, (long) rows * cols, blk -> body.run(blk * rowsPerBlock, Math.min(rows, (blk + 1) * rowsPerBlock)));
+    }
+
+    /** body(0 .. count-1), across this backend's threads when {@code work} (elements touched) is large enough. */
+    private void parallelFor(int count, long work, IntConsumer body) {
+        if (threads == 1 || work < PARALLEL_MIN || count < 2) {
+            for (int i = 0; i < count; i++) {
+                body.accept(i);
             }
             return;
         }
-        run(() -> IntStream.range(0, blocks).parallel().forEach(perBlock::run));
+        run(() -> IntStream.range(0, count).parallel().forEach(body));
     }
 
     /** Runs a parallel stream inside this backend's own pool, so the thread count is ours, not the JVM's. */
