@@ -245,4 +245,34 @@ class RoundTest {
             assertSame(aggregator.aggregate(clients), round.finish(), 0);
         }
     }
+
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("backendsAndStrategies")
+    void aPartialFromAnotherServerMergesLikeOneRound(String backend, Strategy strategy) {
+        List<ClientUpdate> clients = TestClients.clients(new int[] {3, 8, 1, 5, 2}, SHAPES, DType.BF16, 31).stream()
+                .map(RoundTest::withBias).toList();
+        try (Aggregator here = Aggregator.builder().strategy(strategy).backend(backend).build();
+                Aggregator there = Aggregator.builder().strategy(strategy).backend("scalar").build();
+                Round local = here.newRound();
+                Round remote = there.newRound()) {
+            clients.subList(0, 2).forEach(local::add);
+            clients.subList(2, 5).forEach(remote::add);
+            Map<String, Tensor> partial = remote.toPartial();
+            try (Round received = here.roundFromPartial(partial)) {
+                assertEquals(3, received.clientCount());
+                local.merge(received);
+            }
+            assertEquals(5, local.clientCount());
+            assertSame(here.aggregate(clients), local.finish(), 1e-6);
+        }
+        Strategy other = Strategy.values()[(strategy.ordinal() + 1) % 3];
+        try (Aggregator a = Aggregator.builder().strategy(strategy).backend("scalar").build();
+                Aggregator b = Aggregator.builder().strategy(other).backend("scalar").build();
+                Round r = a.newRound()) {
+            r.add(clients.get(0));
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> b.roundFromPartial(r.toPartial()));
+            assertTrue(e.getMessage().contains("summed for " + strategy), e.getMessage());
+            assertThrows(IllegalArgumentException.class, () -> b.roundFromPartial(clients.get(0).tensors()));
+        }
+    }
 }
