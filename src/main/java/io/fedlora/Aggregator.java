@@ -112,7 +112,7 @@ public final class Aggregator implements AutoCloseable {
         Map<String, int[]> moduleShapes = new LinkedHashMap<>();
         Map<String, long[]> otherShapes = new LinkedHashMap<>();
         for (ClientUpdate client : clients) {
-            ParsedUpdate p = ParsedUpdate.parse(client, strategy, kernels);
+            ParsedUpdate p = ParsedUpdate.parse(client, strategy, kernels, false);
             for (ParsedUpdate.Module m : p.modules.values()) {
                 checkModuleShape(moduleShapes, p.client.clientId(), m);
             }

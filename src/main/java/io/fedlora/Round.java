@@ -47,7 +47,7 @@ public final class Round implements AutoCloseable {
      * round unchanged, when the client is unusable.
      */
     public void add(ClientUpdate client) {
-        ParsedUpdate parsed = ParsedUpdate.parse(client, aggregator.strategy, aggregator.kernels);
+        ParsedUpdate parsed = ParsedUpdate.parse(client, aggregator.strategy, aggregator.kernels, true);
         List<ModuleSums> targets = new ArrayList<>();
         List<OtherSums> otherTargets = new ArrayList<>();
         synchronized (registry) {

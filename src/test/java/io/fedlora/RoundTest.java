@@ -275,4 +275,24 @@ class RoundTest {
             assertThrows(IllegalArgumentException.class, () -> b.roundFromPartial(clients.get(0).tensors()));
         }
     }
+
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("backendsAndStrategies")
+    void batchFindsNaNAndInfinityInThePassThatSumsThem(String backend, Strategy strategy) {
+        // Batch skips the separate scan; the fused kernel (or NORM's norm) must still name the client.
+        for (String key : List.of("q.lora_A.weight", "up.lora_B.weight", "head.bias")) {
+            for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY}) {
+                List<ClientUpdate> clients = new ArrayList<>(TestClients.clients(new int[] {4, 2, 3}, SHAPES, DType.F16, 8)
+                        .stream().map(RoundTest::withBias).toList());
+                Map<String, Tensor> spoilt = new LinkedHashMap<>(clients.get(1).tensors());
+                spoilt.put(key, withValue(spoilt.get(key), bad));
+                clients.set(1, ClientUpdate.of("spoilt", 1, spoilt));
+                try (Aggregator aggregator = Aggregator.builder().strategy(strategy).backend(backend).build()) {
+                    InvalidUpdateException e = assertThrows(InvalidUpdateException.class, () -> aggregator.aggregate(clients));
+                    assertEquals("spoilt", e.clientId(), e.getMessage());
+                    assertEquals(key.replace(".lora_A.weight", "").replace(".lora_B.weight", ""), e.module(), e.getMessage());
+                }
+            }
+        }
+    }
 }
