@@ -245,4 +245,54 @@ class RoundTest {
             assertSame(aggregator.aggregate(clients), round.finish(), 0);
         }
     }
+
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("backendsAndStrategies")
+    void aPartialFromAnotherServerMergesLikeOneRound(String backend, Strategy strategy) {
+        List<ClientUpdate> clients = TestClients.clients(new int[] {3, 8, 1, 5, 2}, SHAPES, DType.BF16, 31).stream()
+                .map(RoundTest::withBias).toList();
+        try (Aggregator here = Aggregator.builder().strategy(strategy).backend(backend).build();
+                Aggregator there = Aggregator.builder().strategy(strategy).backend("scalar").build();
+                Round local = here.newRound();
+                Round remote = there.newRound()) {
+            clients.subList(0, 2).forEach(local::add);
+            clients.subList(2, 5).forEach(remote::add);
+            Map<String, Tensor> partial = remote.toPartial();
+            try (Round received = here.roundFromPartial(partial)) {
+                assertEquals(3, received.clientCount());
+                local.merge(received);
+            }
+            assertEquals(5, local.clientCount());
+            assertSame(here.aggregate(clients), local.finish(), 1e-6);
+        }
+        Strategy other = Strategy.values()[(strategy.ordinal() + 1) % 3];
+        try (Aggregator a = Aggregator.builder().strategy(strategy).backend("scalar").build();
+                Aggregator b = Aggregator.builder().strategy(other).backend("scalar").build();
+                Round r = a.newRound()) {
+            r.add(clients.get(0));
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> b.roundFromPartial(r.toPartial()));
+            assertTrue(e.getMessage().contains("summed for " + strategy), e.getMessage());
+            assertThrows(IllegalArgumentException.class, () -> b.roundFromPartial(clients.get(0).tensors()));
+        }
+    }
+
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("backendsAndStrategies")
+    void batchFindsNaNAndInfinityInThePassThatSumsThem(String backend, Strategy strategy) {
+        // Batch skips the separate scan; the fused kernel (or NORM's norm) must still name the client.
+        for (String key : List.of("q.lora_A.weight", "up.lora_B.weight", "head.bias")) {
+            for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY}) {
+                List<ClientUpdate> clients = new ArrayList<>(TestClients.clients(new int[] {4, 2, 3}, SHAPES, DType.F16, 8)
+                        .stream().map(RoundTest::withBias).toList());
+                Map<String, Tensor> spoilt = new LinkedHashMap<>(clients.get(1).tensors());
+                spoilt.put(key, withValue(spoilt.get(key), bad));
+                clients.set(1, ClientUpdate.of("spoilt", 1, spoilt));
+                try (Aggregator aggregator = Aggregator.builder().strategy(strategy).backend(backend).build()) {
+                    InvalidUpdateException e = assertThrows(InvalidUpdateException.class, () -> aggregator.aggregate(clients));
+                    assertEquals("spoilt", e.clientId(), e.getMessage());
+                    assertEquals(key.replace(".lora_A.weight", "").replace(".lora_B.weight", ""), e.module(), e.getMessage());
+                }
+            }
+        }
+    }
 }
