@@ -25,8 +25,8 @@ public interface Accumulator extends AutoCloseable {
     void grow(int rows, int cols);
 
     /**
-     * Writes {@code out[i * cols + j] = sums[i][j] * rowScale[i] * colScale[j]}; a null scale is
-     * all ones. The sums are unchanged, so a round can be finished, read and continued.
+     * Writes {@code out[i * cols + j] = sums[i][j] * (rowScale[i] * colScale[j])} (the factor is
+     * rounded to float32 first); a null scale is all ones. The sums are unchanged, so a round can be finished, read and continued.
      */
     void finish(float[] out, float[] rowScale, float[] colScale);
 

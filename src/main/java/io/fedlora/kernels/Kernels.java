@@ -20,13 +20,14 @@ public interface Kernels extends AutoCloseable {
     Accumulator newAccumulator(int rows, int cols);
 
     /**
-     * The fused batch aggregate: {@code out[i * cols + j] = rowScale[i] * colScale[j] *
-     * sum_k weights[k] * sources[k](i, j)}, where a source contributes only inside its own
+     * The fused batch aggregate: {@code out[i * cols + j] = (sum_k weights[k] * sources[k](i, j))
+     * * (rowScale[i] * colScale[j])}, where a source contributes only inside its own
      * {@code rows x cols} corner (zero-padding is implicit). Sums are accumulated with FMA in
      * source order, exactly like repeated {@link Accumulator#add}. A null scale is all ones.
      *
-     * @return -1, or the index of the first source found to hold NaN or infinity, in which case
-     *     {@code out} is unspecified
+     * @return -1 when every result is finite; else the index of a source holding NaN or
+     *     infinity, or {@code sources.length} when finite inputs overflowed; {@code out} is then
+     *     unspecified
      */
     int weightedSum(float[] out, int rows, int cols, Matrix[] sources, float[] weights,
             float[] rowScale, float[] colScale);

@@ -1,0 +1,244 @@
+package io.fedlora.kernels;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+import io.fedlora.DType;
+import io.fedlora.Reference64;
+import io.fedlora.Tensor;
+import io.fedlora.TestClients;
+import io.fedlora.kernels.scalar.ScalarKernels;
+import java.lang.foreign.MemorySegment;
+import java.util.SplittableRandom;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestInstance;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+
+/**
+ * What every backend must do, checked against {@link ScalarKernels} on seeded inputs. Each backend's
+ * test subclasses this and supplies {@link #kernels()}. Sums match within {@code 1e-6 + |ref| 1e-6},
+ * copies bit for bit.
+ *
+ * <p>Sizes and the code paths they reach (vector backend): 1 is all tail; primes (7, 13, 61, 1031)
+ * are vector body plus a tail on any lane count; 8209 columns is wider than a tile (8192), so rows
+ * are cut into column tiles; 131101 and more elements split across threads.
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+public abstract class KernelsContractTest {
+
+    /** (rows, cols) of the destination; see the class comment for the path each one reaches. */
+    static final int[][] SHAPES = {{1, 1}, {3, 7}, {5, 13}, {7, 61}, {64, 5}, {2, 1031}, {3, 8209}, {1, 131101}, {4099, 37}};
+
+    private final ScalarKernels reference = new ScalarKernels();
+
+    /** The backend under test. */
+    protected abstract Kernels kernels();
+
+    @AfterAll
+    void closeReference() {
+        reference.close();
+    }
+
+    /** A source corner of up to rows x cols inside a wider, strided buffer of the given dtype. */
+    static Matrix source(SplittableRandom random, DType dtype, int rows, int cols, int extraCols) {
+        int stride = cols + extraCols;
+        float[] values = TestClients.values(random, rows * stride);
+        Tensor t = Tensor.convert(values, dtype, rows, stride);
+        return new Matrix(t.data(), dtype, 0, rows, cols, stride);
+    }
+
+    static float[] scales(SplittableRandom random, int n) {
+        float[] s = new float[n];
+        for (int i = 0; i < n; i++) {
+            s[i] = (float) (0.25 + random.nextDouble());
+        }
+        return s;
+    }
+
+    static void assertClose(float[] want, float[] got, String what) {
+        assertEquals(want.length, got.length, what + ": length");
+        for (int i = 0; i < want.length; i++) {
+            double tol = 1e-6 + Math.abs(want[i]) * 1e-6;
+            if (!(Math.abs(want[i] - got[i]) <= tol)) {
+                fail(what + ": element " + i + " is " + got[i] + ", reference " + want[i]);
+            }
+        }
+    }
+
+    @ParameterizedTest
+    @EnumSource(DType.class)
+    void accumulatorMatchesScalar(DType dtype) {
+        for (int[] shape : SHAPES) {
+            int rows = shape[0], cols = shape[1];
+            SplittableRandom random = new SplittableRandom(rows * 31L + cols);
+            // Three clients: full size and contiguous, a strided corner (a B cut), a shorter A.
+            Matrix[] sources = {
+                source(random, dtype, rows, cols, 0),
+                source(random, dtype, rows, Math.max(1, cols - 2), 3),
+                source(random, dtype, Math.max(1, rows / 2), cols, 0),
+            };
+            float[] weights = {0.5f, 3f, 1.25f};
+            float[] rowScale = scales(random, rows), colScale = scales(random, cols);
+            float[] want = new float[rows * cols], got = new float[rows * cols];
+            try (Accumulator r = reference.newAccumulator(rows, cols); Accumulator k = kernels().newAccumulator(rows, cols)) {
+                for (int s = 0; s < sources.length; s++) {
+                    r.add(sources[s], weights[s]);
+                    k.add(sources[s], weights[s]);
+                }
+                r.finish(want, rowScale, colScale);
+                k.finish(got, rowScale, colScale);
+            }
+            assertClose(want, got, dtype + " " + rows + "x" + cols);
+        }
+    }
+
+    @ParameterizedTest
+    @EnumSource(DType.class)
+    void weightedSumMatchesScalarAndTheAccumulatorPath(DType dtype) {
+        for (int[] shape : SHAPES) {
+            int rows = shape[0], cols = shape[1];
+            SplittableRandom random = new SplittableRandom(rows * 17L + cols);
+            Matrix[] sources = {
+                source(random, dtype, Math.max(1, rows - 1), cols, 0),
+                source(random, dtype, rows, cols, 0),
+                source(random, dtype, rows, Math.max(1, cols / 3), 2),
+                source(random, dtype, 1, 1, 0),
+            };
+            float[] weights = {2f, 0.75f, 5f, 1f};
+            float[] rowScale = scales(random, rows);
+            float[] colScale = random.nextBoolean() ? scales(random, cols) : null;
+            float[] want = new float[rows * cols], got = new float[rows * cols], viaAdd = new float[rows * cols];
+            assertEquals(-1, reference.weightedSum(want, rows, cols, sources, weights, rowScale, colScale));
+            assertEquals(-1, kernels().weightedSum(got, rows, cols, sources, weights, rowScale, colScale));
+            try (Accumulator acc = kernels().newAccumulator(rows, cols)) {
+                for (int s = 0; s < sources.length; s++) {
+                    acc.add(sources[s], weights[s]);
+                }
+                acc.finish(viaAdd, rowScale, colScale);
+            }
+            assertClose(want, got, "weightedSum " + dtype + " " + rows + "x" + cols);
+            assertClose(got, viaAdd, "weightedSum vs add+finish " + dtype + " " + rows + "x" + cols);
+        }
+    }
+
+    @Test
+    void weightedSumNamesTheSourceHoldingNaNOrInfinity() {
+        SplittableRandom random = new SplittableRandom(7);
+        for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}) {
+            for (int[] shape : new int[][] {{5, 13}, {3, 8209}, {1, 131101}}) {
+                int rows = shape[0], cols = shape[1];
+                float[][] data = new float[3][];
+                Matrix[] sources = new Matrix[3];
+                for (int s = 0; s < 3; s++) {
+                    data[s] = TestClients.values(random, rows * cols);
+                    sources[s] = Matrix.of(data[s], rows, cols);
+                }
+                data[2][rows * cols - 1] = bad; // the last element: a tail on every backend
+                float[] out = new float[rows * cols];
+                int found = kernels().weightedSum(out, rows, cols, sources, new float[] {1, 0, 1}, null, null);
+                assertEquals(2, found, bad + " in " + rows + "x" + cols);
+            }
+        }
+    }
+
+    @Test
+    void weightedSumReportsOverflowOfFiniteInputs() {
+        float[] big = {Float.MAX_VALUE, 1f};
+        Matrix[] sources = {Matrix.of(big, 1, 2), Matrix.of(big, 1, 2)};
+        float[] out = new float[2];
+        assertEquals(2, kernels().weightedSum(out, 1, 2, sources, new float[] {1, 1}, null, null));
+    }
+
+    @ParameterizedTest
+    @EnumSource(DType.class)
+    void padAndTruncateCopyBitForBit(DType dtype) {
+        for (int[] shape : SHAPES) {
+            int rows = shape[0], cols = shape[1];
+            SplittableRandom random = new SplittableRandom(rows + cols * 101L);
+            float[] donor = TestClients.values(random, (rows + 3) * (cols + 2));
+            Matrix src = source(random, dtype, rows, cols, 1);
+            // Pad A-like (more rows), pad B-like (more columns), with zeros and with a donor; truncate.
+            int[][] targets = {{rows + 3, cols}, {rows, cols + 2}, {rows + 3, cols + 2}};
+            for (int[] t : targets) {
+                for (boolean withDonor : new boolean[] {false, true}) {
+                    float[] d = withDonor ? java.util.Arrays.copyOf(donor, t[0] * t[1]) : null;
+                    float[] want = new float[t[0] * t[1]], got = new float[t[0] * t[1]];
+                    java.util.Arrays.fill(got, 42f); // every cell must be written
+                    reference.pad(want, t[0], t[1], src, d);
+                    kernels().pad(got, t[0], t[1], src, d);
+                    assertArrayEquals(want, got, "pad " + dtype + " " + rows + "x" + cols + " -> " + t[0] + "x" + t[1]);
+                }
+            }
+            int keepRows = Math.max(1, rows / 2), keepCols = Math.max(1, cols / 2);
+            float[] want = new float[keepRows * keepCols], got = new float[keepRows * keepCols];
+            reference.pad(want, keepRows, keepCols, src.corner(keepRows, keepCols), null);
+            kernels().pad(got, keepRows, keepCols, src.corner(keepRows, keepCols), null);
+            assertArrayEquals(want, got, "truncate " + dtype + " " + rows + "x" + cols);
+        }
+    }
+
+    @ParameterizedTest
+    @EnumSource(DType.class)
+    void allFiniteFindsEveryNonFiniteValue(DType dtype) {
+        for (int n : new int[] {1, 7, 16, 17, 61, 1031}) {
+            SplittableRandom random = new SplittableRandom(n);
+            float[] clean = TestClients.values(random, n);
+            assertTrue(kernels().allFinite(Matrix.dense(Tensor.convert(clean, dtype, n).data(), dtype, 1, n)), dtype + " clean n=" + n);
+            for (int at : new int[] {0, n / 2, n - 1}) {
+                for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}) {
+                    float[] v = clean.clone();
+                    v[at] = bad;
+                    Matrix m = Matrix.dense(Tensor.convert(v, dtype, n).data(), dtype, 1, n);
+                    assertFalse(kernels().allFinite(m), dtype + " " + bad + " at " + at + " of " + n);
+                }
+            }
+        }
+        // Strided: a NaN outside the view is not the view's business.
+        float[] v = {1, 2, Float.NaN, 3, 4, Float.NaN};
+        assertTrue(kernels().allFinite(new Matrix(MemorySegment.ofArray(v), DType.F32, 0, 2, 2, 3)));
+        assertFalse(kernels().allFinite(new Matrix(MemorySegment.ofArray(v), DType.F32, 0, 2, 3, 3)));
+    }
+
+    @Test
+    void loraNormMatchesScalarAndTheDenseProduct() {
+        int[][] cases = {{1, 1, 1}, {5, 13, 7}, {17, 61, 31}, {20, 768, 768}, {8, 1031, 257}};
+        for (int[] c : cases) {
+            int r = c[0], n = c[1], m = c[2];
+            SplittableRandom random = new SplittableRandom(r * 7919L + n);
+            float[] a = TestClients.values(random, r * n), b = TestClients.values(random, m * r);
+            double got = kernels().loraNormSquared(Matrix.of(a, r, n), Matrix.of(b, m, r));
+            double want = reference.loraNormSquared(Matrix.of(a, r, n), Matrix.of(b, m, r));
+            double dense = Reference64.denseNormSquared(
+                    Reference64.matrix(Tensor.of(a, r, n)), Reference64.matrix(Tensor.of(b, m, r)));
+            assertEquals(dense, want, dense * 1e-9, "scalar vs dense, r=" + r);
+            assertEquals(want, got, want * 1e-5, "backend vs scalar, r=" + r + " n=" + n + " m=" + m);
+        }
+    }
+
+    @Test
+    void growKeepsTheSumsAndMergeAddsThem() {
+        SplittableRandom random = new SplittableRandom(3);
+        Matrix x = source(random, DType.F32, 5, 11, 0);
+        Matrix y = source(random, DType.F32, 9, 19, 0);
+        float[] want = new float[9 * 19], got = new float[9 * 19];
+        try (Accumulator r = reference.newAccumulator(9, 19); Accumulator k = kernels().newAccumulator(5, 11);
+                Accumulator other = kernels().newAccumulator(9, 19)) {
+            r.add(x, 2f);
+            r.add(y, 1f);
+            k.add(x, 2f);
+            k.grow(9, 19);
+            assertEquals(9, k.rows());
+            assertEquals(19, k.cols());
+            other.add(y, 1f);
+            k.add(other);
+            r.finish(want, null, null);
+            k.finish(got, null, null);
+        }
+        assertClose(want, got, "grow then merge");
+    }
+}
