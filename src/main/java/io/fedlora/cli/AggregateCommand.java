@@ -14,6 +14,10 @@ import java.io.IOException;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
+import java.util.Set;
+import java.util.stream.Collectors;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
@@ -134,45 +138,43 @@ final class AggregateCommand implements Callable<Integer> {
         Result run(Progress progress) throws IOException {
             long start = System.nanoTime();
             Map<String, Path> fileOf = new HashMap<>();
+            Map<Path, Set<String>> keysOf = new LinkedHashMap<>();
             AdapterConfig firstConfig;
             Map<String, String> firstMetadata;
-            Aggregator aggregator;
+            String backendName;
             Map<String, Tensor> global;
             long bytes = 0;
-            try (PeftAdapter first = PeftAdapter.open(clients.get(0))) {
+            try (PeftAdapter first = PeftAdapter.open(clients.get(0));
+                    Aggregator aggregator = aggregator(first);
+                    Round round = aggregator.newRound()) {
                 firstConfig = first.config();
-                firstMetadata = new java.util.LinkedHashMap<>(first.metadata());
-                Aggregator.Builder builder = Aggregator.builder()
-                        .strategy(strategy)
-                        .globalRank(rank)
-                        .backend(backend)
-                        .allowMissing(allowMissing);
-                if (fold) {
-                    builder.foldScale(globalScale(first));
-                }
-                aggregator = builder.build();
-                try (Round round = aggregator.newRound()) {
-                    for (int k = 0; k < clients.size(); k++) {
-                        Path path = clients.get(k);
-                        String id = path.toString();
-                        fileOf.put(id, path);
-                        PeftAdapter adapter = k == 0 ? first : PeftAdapter.open(path);
-                        try {
-                            if (fold && adapter.config() == null) {
-                                throw new InvalidFileException(id, "--scale fold needs lora_alpha, but there is no "
-                                        + PeftAdapter.CONFIG + " for this adapter");
-                            }
-                            round.add(adapter.toUpdate(id, weights[k]));
-                            bytes += adapter.byteSize();
-                        } finally {
-                            if (k != 0) {
-                                adapter.close();
-                            }
+                firstMetadata = new LinkedHashMap<>(first.metadata());
+                backendName = aggregator.backendName();
+                for (int k = 0; k < clients.size(); k++) {
+                    Path path = clients.get(k);
+                    String id = path.toString();
+                    fileOf.put(id, path);
+                    PeftAdapter adapter = k == 0 ? first : PeftAdapter.open(path);
+                    try {
+                        if (fold && adapter.config() == null) {
+                            throw new InvalidFileException(id, "--scale fold needs lora_alpha, but there is no "
+                                    + PeftAdapter.CONFIG + " for this adapter");
                         }
-                        progress.update(k + 1, bytes);
+                        // The round copies what it needs into its sums, so the file can be unmapped after.
+                        round.add(adapter.toUpdate(id, weights[k]));
+                        keysOf.put(path, adapter.tensors().keySet().stream().collect(Collectors.toSet()));
+                        bytes += adapter.byteSize();
+                    } finally {
+                        if (k != 0) {
+                            adapter.close();
+                        }
                     }
-                    global = round.finish();
+                    progress.update(k + 1, bytes);
                 }
+                if (!allowMissing) {
+                    checkPresence(keysOf);
+                }
+                global = round.finish();
             } catch (InvalidUpdateException e) {
                 throw clientFailure(e, fileOf);
             } finally {
@@ -182,7 +184,40 @@ final class AggregateCommand implements Callable<Integer> {
                     .mapToInt(Integer::intValue).max().orElse(1);
             PeftAdapter.write(output, global, dtype, firstConfig, firstMetadata, globalRank);
             double seconds = (System.nanoTime() - start) / 1e9;
-            return new Result(clients.size(), globalRank, aggregator.backendName(), bytes, seconds);
+            return new Result(clients.size(), globalRank, backendName, bytes, seconds);
+        }
+
+        private Aggregator aggregator(PeftAdapter first) throws InvalidFileException {
+            Aggregator.Builder builder = Aggregator.builder()
+                    .strategy(strategy)
+                    .globalRank(rank)
+                    .allowMissing(allowMissing);
+            if (!backend.equals("auto")) {
+                builder.backend(backend);
+            }
+            if (fold) {
+                builder.foldScale(globalScale(first));
+            }
+            return builder.build();
+        }
+
+        /**
+         * The facade refuses a tensor that only some clients have, naming the tensor; this names the
+         * first file that lacks it, which is what the user has to look at.
+         */
+        private static void checkPresence(Map<Path, Set<String>> keysOf) throws InvalidFileException {
+            Set<String> all = new LinkedHashSet<>();
+            keysOf.values().forEach(all::addAll);
+            for (var e : keysOf.entrySet()) {
+                for (String key : all) {
+                    if (!e.getValue().contains(key)) {
+                        long have = keysOf.values().stream().filter(keys -> keys.contains(key)).count();
+                        throw new InvalidFileException(e.getKey().toString(), "has no '" + key + "', which "
+                                + have + " of " + keysOf.size() + " clients have (--allow-missing averages it "
+                                + "over the clients that have it)");
+                    }
+                }
+            }
         }
 
         /** The scale the output adapter will have under PEFT: the first client's alpha over the global rank. */

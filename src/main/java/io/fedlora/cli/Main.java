@@ -71,7 +71,17 @@ public final class Main implements Runnable {
             }
             return FAILURE;
         });
-        return cli.execute(args);
+        try {
+            return cli.execute(args);
+        } catch (Error e) {
+            // picocli passes only Exceptions to the handler above; errors (out of memory, a
+            // broken class path) still get one line, and the stack trace with --verbose.
+            err.println("fedlora: " + describe(e));
+            if (java.util.Arrays.asList(args).contains("--verbose")) {
+                e.printStackTrace(err);
+            }
+            return FAILURE;
+        }
     }
 
     private static boolean verbose(ParseResult parseResult) {

@@ -3,6 +3,7 @@ package io.fedlora.cli;
 import io.fedlora.Aggregator;
 import io.fedlora.DType;
 import io.fedlora.Tensor;
+import io.fedlora.io.InvalidFileException;
 import io.fedlora.io.PeftAdapter;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -52,7 +53,12 @@ final class TruncateCommand implements Callable<Integer> {
         }
         try (PeftAdapter adapter = PeftAdapter.open(global)) {
             Map<String, Tensor> input = adapter.tensors();
-            Map<String, Tensor> cut = Aggregator.truncate(input, rank);
+            Map<String, Tensor> cut;
+            try {
+                cut = Aggregator.truncate(input, rank);
+            } catch (IllegalArgumentException e) {
+                throw new InvalidFileException(global.toString(), e.getMessage(), e);
+            }
             // Truncation is a pure copy: keep each tensor's own dtype unless asked otherwise.
             Map<String, Tensor> typed = new LinkedHashMap<>();
             cut.forEach((key, t) -> {

@@ -7,8 +7,6 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.DirectoryNotEmptyException;
-import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
@@ -167,7 +165,7 @@ public final class PeftAdapter implements AutoCloseable {
 
     /**
      * Writes a PEFT adapter directory: {@code adapter_model.safetensors} with the tensors converted
-     * to {@code dtype}, and {@code adapter_config.json} = {@code base} (the first client's config,
+     * to {@code dtype} (null: as they are), and {@code adapter_config.json} = {@code base} (the first client's config,
      * or a minimal one when null) with {@code r = globalRank} and a {@code rank_pattern} for the
      * modules whose rank differs.
      *
@@ -187,7 +185,7 @@ public final class PeftAdapter implements AutoCloseable {
             throw new InvalidFileException(outDir.toString(), "exists and is not a directory");
         }
         Map<String, Tensor> converted = new LinkedHashMap<>();
-        tensors.forEach((key, t) -> converted.put(key, t.to(dtype)));
+        tensors.forEach((key, t) -> converted.put(key, dtype == null ? t : t.to(dtype)));
         AdapterConfig config = (base == null ? AdapterConfig.minimal(globalRank) : base)
                 .withRanks(globalRank, moduleRanks(converted));
         Map<String, String> meta = new LinkedHashMap<>(metadata == null ? Map.of() : metadata);
@@ -216,16 +214,22 @@ public final class PeftAdapter implements AutoCloseable {
     }
 
     private static void publish(Path temp, Path target) throws IOException {
-        try {
+        if (!Files.isDirectory(target) || isEmptyDirectory(target)) {
             // rename(2) also replaces an empty directory.
             Files.move(temp, target, StandardCopyOption.ATOMIC_MOVE);
             return;
-        } catch (DirectoryNotEmptyException | FileAlreadyExistsException nonEmpty) {
-            // Fall through: replace our two files inside the existing directory.
         }
+        // An existing adapter directory: replace our two files in it, each atomically, and leave
+        // anything else there (a README, a tokenizer) alone.
         for (String name : List.of(WEIGHTS, CONFIG)) {
             Files.move(temp.resolve(name), target.resolve(name),
                     StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+        }
+    }
+
+    private static boolean isEmptyDirectory(Path dir) throws IOException {
+        try (Stream<Path> entries = Files.list(dir)) {
+            return entries.findAny().isEmpty();
         }
     }
 
