@@ -188,6 +188,8 @@ public final class Safetensors implements AutoCloseable {
             if (p.nextToken() != null) {
                 throw new InvalidFileException(source, "invalid JSON header: data after the closing '}'");
             }
+        } catch (InvalidFileException e) {
+            throw e;
         } catch (JacksonException e) {
             throw new InvalidFileException(source, "invalid JSON header: " + describe(e));
         } catch (IOException e) {
