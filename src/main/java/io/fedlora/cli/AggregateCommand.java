@@ -67,7 +67,7 @@ final class AggregateCommand implements Callable<Integer> {
             converter = Options.ScaleConverter.class,
             description = "none: average the factors as they are; fold: fold each client's lora_alpha/r "
                     + "(or rsLoRA's /sqrt(r)) into B and write the global scale.")
-    boolean fold;
+    Options.Scale scale;
 
     @Option(names = "--allow-missing",
             description = "Average a module over the clients that have it, instead of failing.")
@@ -90,7 +90,7 @@ final class AggregateCommand implements Callable<Integer> {
         if (rank < 0) {
             throw new ParameterException(spec.commandLine(), "--rank must be at least 1 (or 0 for the largest client rank)");
         }
-        Job job = new Job(clients, w, strategy, rank, backend, dtype, fold, allowMissing, output);
+        Job job = new Job(clients, w, strategy, rank, backend, dtype, scale == Options.Scale.FOLD, allowMissing, output);
         Result result = job.run(Progress.of(main.err, progress, clients.size()));
         main.out.printf(Locale.ROOT, "%s: %d clients, %s, backend %s, global rank %d, %s in %.3f s (%.2f GB/s)%n",
                 output, result.clients(), strategy.name().toLowerCase(Locale.ROOT), result.backend(),

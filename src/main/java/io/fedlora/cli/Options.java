@@ -48,13 +48,20 @@ final class Options {
         }
     }
 
-    /** true for "fold", false for "none". */
-    static final class ScaleConverter implements ITypeConverter<Boolean> {
+    /** What --scale asks for (DESIGN §2, LoRA scaling). */
+    enum Scale {
+        /** Average the factors as they are. */
+        NONE,
+        /** Fold each client's lora_alpha / r into B, write the global scale. */
+        FOLD
+    }
+
+    static final class ScaleConverter implements ITypeConverter<Scale> {
         @Override
-        public Boolean convert(String value) {
+        public Scale convert(String value) {
             return switch (value.toLowerCase(Locale.ROOT)) {
-                case "none" -> false;
-                case "fold" -> true;
+                case "none" -> Scale.NONE;
+                case "fold" -> Scale.FOLD;
                 default -> throw new TypeConversionException("'" + value + "' is not one of none, fold");
             };
         }

@@ -7,7 +7,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.fedlora.DType;
 import io.fedlora.Tensor;
-import java.io.ByteArrayOutputStream;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -21,7 +20,6 @@ import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
@@ -30,37 +28,21 @@ import org.junit.jupiter.params.provider.MethodSource;
  * and every header check of DESIGN §5 on the parser itself (the CLI test runs them end to end).
  */
 class SafetensorsTest {
-
-    @TempDir
-    Path dir;
-
-    /** A file as the format describes it: length, header (space-padded to 8), data. */
     static byte[] file(String headerJson, byte[] data) {
-        StringBuilder header = new StringBuilder(headerJson);
-        while ((8 + header.length()) % 8 != 0) {
-            header.append(' ');
-        }
-        byte[] json = header.toString().getBytes(StandardCharsets.UTF_8);
-        ByteBuffer out = ByteBuffer.allocate(8 + json.length + data.length).order(ByteOrder.LITTLE_ENDIAN);
-        out.putLong(json.length).put(json).put(data);
-        return out.array();
+        return SafetensorsFixtures.file(headerJson, data);
     }
 
     static byte[] le16(int... values) {
-        ByteBuffer b = ByteBuffer.allocate(values.length * 2).order(ByteOrder.LITTLE_ENDIAN);
-        for (int v : values) {
-            b.putShort((short) v);
-        }
-        return b.array();
+        return SafetensorsFixtures.le16(values);
     }
 
     static byte[] le32(float... values) {
-        ByteBuffer b = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
-        for (float v : values) {
-            b.putFloat(v);
-        }
-        return b.array();
+        return SafetensorsFixtures.le32(values);
     }
+
+
+    @TempDir
+    Path dir;
 
     @Test
     void f32RoundTripIsByteExact() throws Exception {
@@ -182,60 +164,10 @@ class SafetensorsTest {
         }
     }
 
-    static Stream<Arguments> malformed() {
-        byte[] eight = new byte[8];
-        return Stream.of(
-                Arguments.of("short file", new byte[5], "too short"),
-                Arguments.of("header beyond file", lengthThen(500, "{}"), "beyond the end of the file"),
-                Arguments.of("header over 100 MB", lengthThen(100_000_001L, "{}"), "over the 100 MB limit"),
-                Arguments.of("unsigned huge header", lengthThen(-1L, "{}"), "over the 100 MB limit"),
-                Arguments.of("invalid JSON", file("{\"a\":{\"dtype\":\"F32\"", new byte[0]), "invalid JSON"),
-                Arguments.of("not an object", file("[1,2]", new byte[0]), "invalid JSON"),
-                Arguments.of("trailing JSON", file("{} {}", new byte[0]), "invalid JSON"),
-                Arguments.of("not UTF-8", file("{\"\u00ff\":1}", new byte[0]).clone(), "not valid UTF-8"),
-                Arguments.of("outside data", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
-                        new byte[4]), "outside the data section"),
-                Arguments.of("overlap", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                        + "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", new byte[12]), "overlap"),
-                Arguments.of("size mismatch", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}",
-                        new byte[8]), "needs 12"),
-                Arguments.of("unknown dtype", file("{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}",
-                        new byte[8]), "unknown dtype 'Q4'"),
-                Arguments.of("unsupported dtype", file("{\"a\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}",
-                        eight), "unknown dtype 'I64'"),
-                Arguments.of("shape overflow", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],"
-                        + "\"data_offsets\":[0,8]}}", eight), "overflows"),
-                Arguments.of("negative dim", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}",
-                        eight), "negative"),
-                Arguments.of("huge dim", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[99999999999999999999999],"
-                        + "\"data_offsets\":[0,8]}}", eight), "too large"),
-                Arguments.of("float dim", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2.0],\"data_offsets\":[0,8]}}",
-                        eight), "not an integer"),
-                Arguments.of("gap", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", eight),
-                        "belong to no tensor"),
-                Arguments.of("trailing bytes", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                        eight), "after the last tensor"),
-                Arguments.of("reversed offsets", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}",
-                        eight), "end before they begin"),
-                Arguments.of("missing offsets", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", eight), "no data_offsets"),
-                Arguments.of("three offsets", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4,8]}}",
-                        eight), "more than 2"),
-                Arguments.of("duplicate name", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-                        + "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", eight), "Duplicate"),
-                Arguments.of("metadata not strings", file("{\"__metadata__\":{\"step\":3}}", new byte[0]),
-                        "not a string"));
-    }
-
-    static byte[] lengthThen(long length, String json) {
-        byte[] text = json.getBytes(StandardCharsets.UTF_8);
-        ByteBuffer out = ByteBuffer.allocate(8 + text.length).order(ByteOrder.LITTLE_ENDIAN);
-        return out.putLong(length).put(text).array();
-    }
-
     @ParameterizedTest(name = "{0}")
-    @MethodSource("malformed")
+    @MethodSource("io.fedlora.io.SafetensorsFixtures#malformed")
     void malformedFilesAreRejectedWithTheProblem(String name, byte[] bytes, String problem) throws Exception {
-        byte[] content = name.equals("not UTF-8") ? latin1Header(bytes) : bytes;
+        byte[] content = bytes;
         Path path = dir.resolve("bad.safetensors");
         Files.write(path, content);
         InvalidFileException e = assertThrows(InvalidFileException.class, () -> Safetensors.open(path));
@@ -246,18 +178,6 @@ class SafetensorsTest {
         InvalidFileException fromMemory = assertThrows(InvalidFileException.class,
                 () -> Safetensors.read(MemorySegment.ofArray(content), "mem"));
         assertEquals(e.problem(), fromMemory.problem());
-    }
-
-    /** Re-encodes the header of a UTF-8 fixture as Latin-1, which is not valid UTF-8 for \u00ff. */
-    private static byte[] latin1Header(byte[] utf8File) {
-        ByteBuffer in = ByteBuffer.wrap(utf8File).order(ByteOrder.LITTLE_ENDIAN);
-        int n = (int) in.getLong();
-        String header = new String(utf8File, 8, n, StandardCharsets.UTF_8);
-        byte[] latin1 = header.getBytes(StandardCharsets.ISO_8859_1);
-        ByteArrayOutputStream out = new ByteArrayOutputStream();
-        out.writeBytes(ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(latin1.length).array());
-        out.writeBytes(latin1);
-        return out.toByteArray();
     }
 
     @Test
