@@ -89,6 +89,15 @@ public final class Aggregator implements AutoCloseable {
     }
 
     /**
+     * A round holding a partial aggregate that another server exported with {@link Round#toPartial()};
+     * merge it into a local round with {@link Round#merge}, or add to it and finish it directly.
+     * The partial must come from an aggregator with the same strategy.
+     */
+    public Round roundFromPartial(Map<String, Tensor> partial) {
+        return Round.fromPartial(this, partial);
+    }
+
+    /**
      * Aggregates {@code clients} in one pass: each client's bytes are read once, and each output
      * tile is summed over all clients while it sits in cache. Same result as a round that adds
      * the clients in this order. Fails, changing nothing, on the first unusable client.
@@ -103,7 +112,7 @@ public final class Aggregator implements AutoCloseable {
         Map<String, int[]> moduleShapes = new LinkedHashMap<>();
         Map<String, long[]> otherShapes = new LinkedHashMap<>();
         for (ClientUpdate client : clients) {
-            ParsedUpdate p = ParsedUpdate.parse(client, strategy, kernels);
+            ParsedUpdate p = ParsedUpdate.parse(client, strategy, kernels, false);
             for (ParsedUpdate.Module m : p.modules.values()) {
                 checkModuleShape(moduleShapes, p.client.clientId(), m);
             }

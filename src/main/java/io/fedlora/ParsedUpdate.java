@@ -44,7 +44,11 @@ final class ParsedUpdate {
         this.client = client;
     }
 
-    static ParsedUpdate parse(ClientUpdate client, Strategy strategy, Kernels kernels) {
+    /**
+     * @param checkFinite scan every value for NaN and infinity; batch aggregation skips the scan
+     *     because its fused kernel finds them in the same pass that sums them
+     */
+    static ParsedUpdate parse(ClientUpdate client, Strategy strategy, Kernels kernels, boolean checkFinite) {
         ParsedUpdate parsed = new ParsedUpdate(client);
         String id = client.clientId();
         double weight = client.weight();
@@ -81,23 +85,24 @@ final class ParsedUpdate {
             throw new InvalidUpdateException(id, null, "holds no LoRA factors (no keys ending in .lora_A.weight / .lora_B.weight)");
         }
         for (Module m : parsed.modules.values()) {
-            if (!kernels.allFinite(m.a)) {
+            if (checkFinite && !kernels.allFinite(m.a)) {
                 throw new InvalidUpdateException(id, m.name, "lora_A holds NaN or infinity");
             }
-            if (!kernels.allFinite(m.b)) {
+            if (checkFinite && !kernels.allFinite(m.b)) {
                 throw new InvalidUpdateException(id, m.name, "lora_B holds NaN or infinity");
             }
             double w = weight;
             if (strategy == Strategy.NORM) {
                 w = Math.sqrt(kernels.loraNormSquared(m.a, m.b));
                 if (!Double.isFinite(w)) {
-                    throw new InvalidUpdateException(id, m.name, "||B A||_F overflows float32 arithmetic; NORM cannot weight it");
+                    // Also where the scan was skipped: a NaN or infinity in A or B makes the norm non-finite.
+                    throw new InvalidUpdateException(id, m.name, "||B A||_F is not finite (NaN or infinity in lora_A or lora_B, or overflow)");
                 }
             }
             parsed.moduleWeight.put(m.name, w);
         }
         for (Other o : parsed.others.values()) {
-            if (!kernels.allFinite(o.values)) {
+            if (checkFinite && !kernels.allFinite(o.values)) {
                 throw new InvalidUpdateException(id, o.key, "holds NaN or infinity");
             }
         }

@@ -3,6 +3,7 @@ package io.fedlora;
 import io.fedlora.kernels.Accumulator;
 import io.fedlora.kernels.Matrix;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -46,7 +47,7 @@ public final class Round implements AutoCloseable {
      * round unchanged, when the client is unusable.
      */
     public void add(ClientUpdate client) {
-        ParsedUpdate parsed = ParsedUpdate.parse(client, aggregator.strategy, aggregator.kernels);
+        ParsedUpdate parsed = ParsedUpdate.parse(client, aggregator.strategy, aggregator.kernels, true);
         List<ModuleSums> targets = new ArrayList<>();
         List<OtherSums> otherTargets = new ArrayList<>();
         synchronized (registry) {
@@ -123,10 +124,10 @@ public final class Round implements AutoCloseable {
             }
             for (Map.Entry<String, OtherSums> e : theirOthers.entrySet()) {
                 long[] known = otherShapes.get(e.getKey());
-                if (known != null && !java.util.Arrays.equals(known, e.getValue().shape)) {
+                if (known != null && !Arrays.equals(known, e.getValue().shape)) {
                     throw new IllegalArgumentException("tensor '" + e.getKey() + "' has shape "
-                            + java.util.Arrays.toString(e.getValue().shape) + " in the merged round but "
-                            + java.util.Arrays.toString(known) + " here");
+                            + Arrays.toString(e.getValue().shape) + " in the merged round but "
+                            + Arrays.toString(known) + " here");
                 }
             }
             for (Map.Entry<String, ModuleSums> e : theirModules.entrySet()) {
@@ -187,6 +188,126 @@ public final class Round implements AutoCloseable {
             ordered.put(key, out.get(key));
         }
         return ordered;
+    }
+
+    // ---- partials that travel between servers ----------------------------------------------
+
+    /** Key suffixes of the bookkeeping tensors in a partial; no PEFT key ends this way. */
+    static final String OWNER_WEIGHT = ".fedlora_partial.owner_weight";
+    static final String COUNTS = ".fedlora_partial.counts";
+    static final String ROUND_KEY = "fedlora_partial.round";
+    private static final int PARTIAL_FORMAT = 1;
+
+    /**
+     * This round's partial aggregate as plain tensors, so that another server can merge it (write
+     * it with the safetensors writer, read it there, {@link Aggregator#roundFromPartial}): the raw
+     * sums under the PEFT keys, and per module the owner weights and totals, each double kept as
+     * a float32 pair (value, remainder) so nothing is lost on the way.
+     */
+    public Map<String, Tensor> toPartial() {
+        Map<String, Tensor> out = new LinkedHashMap<>();
+        synchronized (registry) {
+            ensureOpen();
+            out.put(ROUND_KEY, Tensor.of(new float[] {PARTIAL_FORMAT, aggregator.strategy.ordinal(), clients}, 3));
+            for (Map.Entry<String, ModuleSums> e : modules.entrySet()) {
+                e.getValue().exportTo(e.getKey(), out);
+            }
+            for (Map.Entry<String, OtherSums> e : others.entrySet()) {
+                e.getValue().exportTo(e.getKey(), out);
+            }
+        }
+        return out;
+    }
+
+    /** Rebuilds a round from {@link #toPartial()}'s tensors; a malformed partial is refused whole. */
+    static Round fromPartial(Aggregator aggregator, Map<String, Tensor> partial) {
+        Tensor header = partial.get(ROUND_KEY);
+        if (header == null || header.elementCount() != 3 || header.get(0) != PARTIAL_FORMAT) {
+            throw new IllegalArgumentException("not a fedlora partial (no " + ROUND_KEY + " of format " + PARTIAL_FORMAT + ")");
+        }
+        Strategy strategy = Strategy.values()[Math.clamp((long) header.get(1), 0, Strategy.values().length - 1)];
+        if (strategy != aggregator.strategy || header.get(1) != strategy.ordinal()) {
+            throw new IllegalArgumentException("the partial was summed for " + strategy + ", this aggregator uses " + aggregator.strategy);
+        }
+        Round round = new Round(aggregator);
+        try {
+            for (Map.Entry<String, Tensor> e : partial.entrySet()) {
+                String key = e.getKey();
+                if (key.endsWith(OWNER_WEIGHT)) {
+                    round.importModule(key.substring(0, key.length() - OWNER_WEIGHT.length()), partial);
+                } else if (key.endsWith(COUNTS) && !partial.containsKey(
+                        key.substring(0, key.length() - COUNTS.length()) + OWNER_WEIGHT)) {
+                    round.importOther(key.substring(0, key.length() - COUNTS.length()), partial);
+                }
+            }
+            round.clients = (int) header.get(2);
+        } catch (RuntimeException e) {
+            round.close();
+            throw e;
+        }
+        return round;
+    }
+
+    private void importModule(String module, Map<String, Tensor> partial) {
+        String keyA = null, keyB = null;
+        for (String[] suffixes : new String[][] {{".lora_A.weight", ".lora_B.weight"}, {".lora_embedding_A", ".lora_embedding_B"}}) {
+            if (partial.containsKey(module + suffixes[0])) {
+                keyA = module + suffixes[0];
+                keyB = module + suffixes[1];
+            }
+        }
+        Tensor a = keyA == null ? null : partial.get(keyA), b = keyB == null ? null : partial.get(keyB);
+        Tensor owner = partial.get(module + OWNER_WEIGHT), counts = partial.get(module + COUNTS);
+        if (a == null || b == null || counts == null || a.rank() != 2 || b.rank() != 2 || a.dim(0) != b.dim(1)
+                || owner.elementCount() != 2 * a.dim(0) || counts.elementCount() != 3) {
+            throw new IllegalArgumentException("partial module '" + module + "' is incomplete or its shapes disagree");
+        }
+        int rank = (int) a.dim(0);
+        if (aggregator.globalRank > 0 && rank != aggregator.globalRank) {
+            throw new IllegalArgumentException("partial module '" + module + "' has rank " + rank
+                    + " but this aggregator's global rank is " + aggregator.globalRank);
+        }
+        ModuleSums sums = new ModuleSums(keyA, keyB, (int) a.dim(1), (int) b.dim(0));
+        modules.put(module, sums);
+        moduleShapes.put(module, new int[] {sums.inFeatures, sums.outFeatures});
+        keyOrder.add(keyA);
+        keyOrder.add(keyB);
+        sums.reserve(rank);
+        sums.sumA.add(Matrix.dense(a.data(), a.dtype(), rank, sums.inFeatures), 1f);
+        sums.sumB.add(Matrix.dense(b.data(), b.dtype(), sums.outFeatures, rank), 1f);
+        for (int i = 0; i < rank; i++) {
+            sums.ownerWeight[i] = (double) owner.get(i) + owner.get(rank + i);
+        }
+        sums.totalWeight = (double) counts.get(0) + counts.get(1);
+        sums.clientCount = (int) counts.get(2);
+    }
+
+    private void importOther(String key, Map<String, Tensor> partial) {
+        Tensor values = partial.get(key), counts = partial.get(key + COUNTS);
+        if (values == null || counts.elementCount() != 3) {
+            throw new IllegalArgumentException("partial tensor '" + key + "' is incomplete");
+        }
+        long[] shape = values.shape();
+        int cols = shape.length == 0 ? 1 : (int) shape[shape.length - 1];
+        int rows = cols == 0 ? 0 : (int) (values.elementCount() / cols);
+        OtherSums sums = new OtherSums(shape, rows, cols);
+        others.put(key, sums);
+        otherShapes.put(key, shape);
+        keyOrder.add(key);
+        sums.sums.add(Matrix.dense(values.data(), values.dtype(), rows, cols), 1f);
+        sums.totalWeight = (double) counts.get(0) + counts.get(1);
+        sums.clientCount = (int) counts.get(2);
+    }
+
+    /** A double as two floats whose sum is the double to about 48 bits. */
+    private static float[] split(double value) {
+        float high = (float) value;
+        return new float[] {high, (float) (value - high)};
+    }
+
+    private static Tensor counts(double totalWeight, int clientCount) {
+        float[] w = split(totalWeight);
+        return Tensor.of(new float[] {w[0], w[1], clientCount}, 3);
     }
 
     /** Frees the sums (device memory on the CUDA backend). The round cannot be used afterwards. */
@@ -254,7 +375,7 @@ public final class Round implements AutoCloseable {
                 sumB.grow(outFeatures, wanted);
             }
             if (wanted > rank) {
-                ownerWeight = java.util.Arrays.copyOf(ownerWeight, wanted);
+                ownerWeight = Arrays.copyOf(ownerWeight, wanted);
                 rank = wanted;
             }
             return Math.min(clientRank, rank);
@@ -291,6 +412,25 @@ public final class Round implements AutoCloseable {
             sumB.finish(b, null, scaleB);
             out.put(keyA, Tensor.of(a, rank, inFeatures));
             out.put(keyB, Tensor.of(b, outFeatures, rank));
+        }
+
+        synchronized void exportTo(String module, Map<String, Tensor> out) {
+            float[] a = new float[Math.multiplyExact(rank, inFeatures)];
+            float[] b = new float[Math.multiplyExact(outFeatures, rank)];
+            float[] owner = new float[2 * rank];
+            if (sumA != null) {
+                sumA.finish(a, null, null); // scale 1: the raw sums
+                sumB.finish(b, null, null);
+            }
+            for (int i = 0; i < rank; i++) {
+                float[] w = split(ownerWeight[i]);
+                owner[i] = w[0];
+                owner[rank + i] = w[1];
+            }
+            out.put(keyA, Tensor.of(a, rank, inFeatures));
+            out.put(keyB, Tensor.of(b, outFeatures, rank));
+            out.put(module + OWNER_WEIGHT, Tensor.of(owner, 2, rank));
+            out.put(module + COUNTS, counts(totalWeight, clientCount));
         }
 
         synchronized void close() {
@@ -338,10 +478,17 @@ public final class Round implements AutoCloseable {
                 throw new IllegalStateException("tensor '" + key + "': the clients' total weight is " + totalWeight);
             }
             float[] rowScale = new float[sums.rows()];
-            java.util.Arrays.fill(rowScale, (float) (1.0 / totalWeight));
+            Arrays.fill(rowScale, (float) (1.0 / totalWeight));
             float[] values = new float[Math.multiplyExact(sums.rows(), sums.cols())];
             sums.finish(values, rowScale, null);
             out.put(key, Tensor.of(values, shape));
+        }
+
+        synchronized void exportTo(String key, Map<String, Tensor> out) {
+            float[] values = new float[Math.multiplyExact(sums.rows(), sums.cols())];
+            sums.finish(values, null, null);
+            out.put(key, Tensor.of(values, shape));
+            out.put(key + COUNTS, counts(totalWeight, clientCount));
         }
 
         synchronized void close() {

@@ -38,11 +38,32 @@ public final class Backends {
     }
 
     private static final class Holder {
-        static final Kernels DEFAULT = create(configuredName(), defaultThreads());
+        static final Kernels DEFAULT;
+        /** Why the configured backend cannot run; remembered so every call reports it, not a class-init error. */
+        static final RuntimeException FAILURE;
+
+        static {
+            Kernels kernels = null;
+            RuntimeException failure = null;
+            try {
+                kernels = create(configuredName(), defaultThreads());
+            } catch (RuntimeException e) {
+                failure = e;
+            }
+            DEFAULT = kernels;
+            FAILURE = failure;
+        }
     }
 
-    /** The process-wide backend, chosen on first use and logged once. Never close it. */
+    /**
+     * The process-wide backend, chosen on first use and logged once. Never close it.
+     *
+     * @throws IllegalStateException if the configured backend cannot run here
+     */
     public static Kernels get() {
+        if (Holder.FAILURE != null) {
+            throw new IllegalStateException(Holder.FAILURE.getMessage(), Holder.FAILURE);
+        }
         return Holder.DEFAULT;
     }
 

@@ -6,6 +6,7 @@ import java.util.Arrays;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.ForkJoinWorkerThread;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.IntConsumer;
 import java.util.stream.IntStream;
 
 /**
@@ -36,23 +37,30 @@ public abstract class CpuKernels implements Kernels {
         return threads;
     }
 
-    // ---- the row primitives a backend implements ------------------------------------------
-
-    /** {@code acc[accOff + t] = fma(w, src[srcOff + t], acc[accOff + t])} for {@code t < n}; srcOff counts elements. */
-    protected abstract void axpy(float[] acc, int accOff, MemorySegment src, DType dtype, long srcOff, int n, float w);
+    // ---- the primitives a backend implements ------------------------------------------------
+    // Each works on a block of rows with strides, so that the short rows of a B factor (a few to
+    // 64 elements) stay inside one loop of the backend instead of one call per row.
 
     /**
-     * {@code out[outOff + t] = in[inOff + t] * (rowFactor * colScale[colOff + t])} (colScale null: just
-     * rowFactor); returns true iff every result is finite.
+     * {@code acc[accOff + i * accStride + t] = fma(w, src[srcOff + i * srcStride + t], acc[...])} for
+     * {@code i < rows, t < n}; src offsets count elements.
      */
-    protected abstract boolean scale(float[] out, int outOff, float[] in, int inOff, int n, float rowFactor,
-            float[] colScale, int colOff);
+    protected abstract void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n, float w);
 
-    /** True iff {@code src[srcOff .. srcOff + n)} holds no NaN or infinity. */
-    protected abstract boolean finite(MemorySegment src, DType dtype, long srcOff, int n);
+    /**
+     * {@code v[off + i * stride + t] = in[...] * (rowScale[rowOff + i] * colScale[colOff + t])}, written to
+     * {@code out} at the same place; a null scale is all ones. Returns true iff every result is finite.
+     */
+    protected abstract boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
+            float[] rowScale, int rowOff, float[] colScale, int colOff);
 
-    /** {@code out[outOff + t] = (float) src[srcOff + t]}: a conversion copy. */
-    protected abstract void load(float[] out, int outOff, MemorySegment src, DType dtype, long srcOff, int n);
+    /** True iff no element of the {@code rows x n} block at {@code srcOff} (row stride srcStride) is NaN or infinite. */
+    protected abstract boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n);
+
+    /** Conversion copy of a {@code rows x n} block to float32: {@code out[outOff + i * outStride + t] = src(...)}. */
+    protected abstract void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n);
 
     /** {@code sum x[xOff + t] * y[yOff + t]}, for the Gram matrices. */
     protected abstract double dot(float[] x, int xOff, float[] y, int yOff, int n);
@@ -77,12 +85,7 @@ public abstract class CpuKernels implements Kernels {
             for (int k = 0; k < sources.length; k++) {
                 addTile(out, cols, r0, r1, c0, c1, sources[k], weights[k]);
             }
-            boolean ok = true;
-            for (int i = r0; i < r1; i++) {
-                float rowFactor = rowScale == null ? 1f : rowScale[i];
-                ok &= scale(out, i * cols + c0, out, i * cols + c0, c1 - c0, rowFactor, colScale, c0);
-            }
-            if (!ok) {
+            if (!scale(out, out, r0 * cols + c0, cols, r1 - r0, c1 - c0, rowScale, r0, colScale, c0)) {
                 // A non-finite input always leaves a non-finite sum (fma with NaN or inf, even with
                 // weight 0, gives NaN or inf), so only a bad tile is scanned again to name its source.
                 firstBad.accumulateAndGet(badSource(sources, r0, r1, c0, c1), Math::min);
@@ -96,11 +99,10 @@ public abstract class CpuKernels implements Kernels {
     private int badSource(Matrix[] sources, int r0, int r1, int c0, int c1) {
         for (int k = 0; k < sources.length; k++) {
             Matrix src = sources[k];
-            int ce = Math.min(c1, src.cols());
-            for (int i = r0; i < Math.min(r1, src.rows()) && ce > c0; i++) {
-                if (!finite(src.data(), src.dtype(), src.offset() + (long) i * src.rowStride() + c0, ce - c0)) {
-                    return k;
-                }
+            int re = Math.min(r1, src.rows()), ce = Math.min(c1, src.cols());
+            if (re > r0 && ce > c0 && !finite(src.data(), src.dtype(), src.offset() + (long) r0 * src.rowStride() + c0,
+                    src.rowStride(), re - r0, ce - c0)) {
+                return k;
             }
         }
         return sources.length;
@@ -113,25 +115,25 @@ public abstract class CpuKernels implements Kernels {
         if (re <= r0 || ce <= c0) {
             return;
         }
-        if (c0 == 0 && ce == cols && c1 == cols && src.rowStride() == cols) {
-            axpy(sums, r0 * cols, src.data(), src.dtype(), src.offset() + (long) r0 * cols, (re - r0) * cols, w);
-            return;
-        }
-        for (int i = r0; i < re; i++) {
-            axpy(sums, i * cols + c0, src.data(), src.dtype(), src.offset() + (long) i * src.rowStride() + c0,
-                    ce - c0, w);
+        long srcOff = src.offset() + (long) r0 * src.rowStride() + c0;
+        if (c0 == 0 && ce == cols && src.rowStride() == cols) {
+            axpy(sums, r0 * cols, 0, src.data(), src.dtype(), srcOff, 0, 1, (re - r0) * cols, w);
+        } else {
+            axpy(sums, r0 * cols + c0, cols, src.data(), src.dtype(), srcOff, src.rowStride(), re - r0, ce - c0, w);
         }
     }
 
     @Override
     public void pad(float[] out, int rows, int cols, Matrix src, float[] donor) {
+        int width = Math.min(cols, src.cols());
         forEachRowBlock(rows, cols, (r0, r1) -> {
+            int re = Math.min(r1, src.rows());
+            if (re > r0) {
+                load(out, r0 * cols, cols, src.data(), src.dtype(), src.offset() + (long) r0 * src.rowStride(),
+                        src.rowStride(), re - r0, width);
+            }
             for (int i = r0; i < r1; i++) {
-                int copied = 0;
-                if (i < src.rows()) {
-                    copied = Math.min(cols, src.cols());
-                    load(out, i * cols, src.data(), src.dtype(), src.offset() + (long) i * src.rowStride(), copied);
-                }
+                int copied = i < src.rows() ? width : 0;
                 if (donor != null) {
                     System.arraycopy(donor, i * cols + copied, out, i * cols + copied, cols - copied);
                 } else {
@@ -144,14 +146,9 @@ public abstract class CpuKernels implements Kernels {
     @Override
     public boolean allFinite(Matrix src) {
         if (src.contiguous()) {
-            return finite(src.data(), src.dtype(), src.offset(), Math.toIntExact(src.size()));
+            return finite(src.data(), src.dtype(), src.offset(), 0, 1, Math.toIntExact(src.size()));
         }
-        for (int i = 0; i < src.rows(); i++) {
-            if (!finite(src.data(), src.dtype(), src.offset() + (long) i * src.rowStride(), src.cols())) {
-                return false;
-            }
-        }
-        return true;
+        return finite(src.data(), src.dtype(), src.offset(), src.rowStride(), src.rows(), src.cols());
     }
 
     @Override
@@ -161,26 +158,23 @@ public abstract class CpuKernels implements Kernels {
         pad(rowsOfA, r, n, a, null);
         // B's columns become rows so that both Gram matrices are dot products of contiguous runs.
         float[] colsOfB = new float[Math.multiplyExact(r, m)];
-        float[] row = new float[r];
+        float[] denseB = new float[Math.multiplyExact(m, r)];
+        load(denseB, 0, r, b.data(), b.dtype(), b.offset(), b.rowStride(), m, r);
         for (int i = 0; i < m; i++) {
-            load(row, 0, b.data(), b.dtype(), b.offset() + (long) i * b.rowStride(), r);
             for (int j = 0; j < r; j++) {
-                colsOfB[j * m + i] = row[j];
+                colsOfB[j * m + i] = denseB[i * r + j];
             }
         }
         // ||BA||_F^2 = sum_ij (A A^T)_ij (B^T B)_ij; both Grams are symmetric, so sum i >= j twice.
         double[] perRow = new double[r];
-        IntStream rowsOfGram = IntStream.range(0, r);
-        Runnable body = () -> (((long) r * r * (n + m) >= PARALLEL_MIN && threads > 1) ? rowsOfGram.parallel() : rowsOfGram)
-                .forEach(i -> {
-                    double s = 0;
-                    for (int j = 0; j <= i; j++) {
-                        double g = dot(rowsOfA, i * n, rowsOfA, j * n, n) * dot(colsOfB, i * m, colsOfB, j * m, m);
-                        s += i == j ? g : 2 * g;
-                    }
-                    perRow[i] = s;
-                });
-        run(body);
+        parallelFor(r, (long) r * r * (n + m) / 2, i -> {
+            double s = 0;
+            for (int j = 0; j <= i; j++) {
+                double g = dot(rowsOfA, i * n, rowsOfA, j * n, n) * dot(colsOfB, i * m, colsOfB, j * m, m);
+                s += i == j ? g : 2 * g;
+            }
+            perRow[i] = s;
+        });
         double sum = 0;
         for (double s : perRow) {
             sum += s;
@@ -209,36 +203,29 @@ public abstract class CpuKernels implements Kernels {
         int col1(int t) { return Math.min(cols, col0(t) + colChunk); }
     }
 
-    interface TileBody {
-        void run(int tile);
-    }
-
     interface RowBlockBody {
         void run(int row0, int row1);
     }
 
-    private void forEachTile(Tiling tiling, TileBody body) {
-        if (threads == 1 || (long) tiling.rows * tiling.cols < PARALLEL_MIN || tiling.tiles < 2) {
-            for (int t = 0; t < tiling.tiles; t++) {
-                body.run(t);
-            }
-            return;
-        }
-        run(() -> IntStream.range(0, tiling.tiles).parallel().forEach(body::run));
+    private void forEachTile(Tiling tiling, IntConsumer body) {
+        parallelFor(tiling.tiles, (long) tiling.rows * tiling.cols, body);
     }
 
     private void forEachRowBlock(int rows, int cols, RowBlockBody body) {
-        Tiling tiling = new Tiling(rows, Math.max(cols, 1));
-        int rowsPerBlock = tiling.rowsPerTile;
+        int rowsPerBlock = new Tiling(rows, Math.max(cols, 1)).rowsPerTile;
         int blocks = (rows + rowsPerBlock - 1) / rowsPerBlock;
-        TileBody perBlock = blk -> body.run(blk * rowsPerBlock, Math.min(rows, (blk + 1) * rowsPerBlock));
-        if (threads == 1 || (long) rows * cols < PARALLEL_MIN || blocks < 2) {
-            for (int blk = 0; blk < blocks; blk++) {
-                perBlock.run(blk);
+        parallelFor(blocks, (long) rows * cols, blk -> body.run(blk * rowsPerBlock, Math.min(rows, (blk + 1) * rowsPerBlock)));
+    }
+
+    /** body(0 .. count-1), across this backend's threads when {@code work} (elements touched) is large enough. */
+    private void parallelFor(int count, long work, IntConsumer body) {
+        if (threads == 1 || work < PARALLEL_MIN || count < 2) {
+            for (int i = 0; i < count; i++) {
+                body.accept(i);
             }
             return;
         }
-        run(() -> IntStream.range(0, blocks).parallel().forEach(perBlock::run));
+        run(() -> IntStream.range(0, count).parallel().forEach(body));
     }
 
     /** Runs a parallel stream inside this backend's own pool, so the thread count is ours, not the JVM's. */
@@ -338,11 +325,7 @@ public abstract class CpuKernels implements Kernels {
         public void finish(float[] out, float[] rowScale, float[] colScale) {
             float[] s = sums;
             int c = cols;
-            forEachRowBlock(rows, cols, (r0, r1) -> {
-                for (int i = r0; i < r1; i++) {
-                    scale(out, i * c, s, i * c, c, rowScale == null ? 1f : rowScale[i], colScale, 0);
-                }
-            });
+            forEachRowBlock(rows, cols, (r0, r1) -> scale(out, s, r0 * c, c, r1 - r0, c, rowScale, r0, colScale, 0));
         }
 
         @Override

@@ -29,39 +29,52 @@ public final class ScalarKernels extends CpuKernels {
     }
 
     @Override
-    protected void axpy(float[] acc, int accOff, MemorySegment src, DType dtype, long srcOff, int n, float w) {
-        for (int t = 0; t < n; t++) {
-            acc[accOff + t] = Math.fma(w, dtype.get(src, srcOff + t), acc[accOff + t]);
+    protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n, float w) {
+        for (int i = 0; i < rows; i++) {
+            int a = accOff + i * accStride;
+            long x = srcOff + i * srcStride;
+            for (int t = 0; t < n; t++) {
+                acc[a + t] = Math.fma(w, dtype.get(src, x + t), acc[a + t]);
+            }
         }
     }
 
     @Override
-    protected boolean scale(float[] out, int outOff, float[] in, int inOff, int n, float rowFactor,
-            float[] colScale, int colOff) {
+    protected boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
+            float[] rowScale, int rowOff, float[] colScale, int colOff) {
         boolean finite = true;
-        for (int t = 0; t < n; t++) {
-            float factor = colScale == null ? rowFactor : rowFactor * colScale[colOff + t];
-            float v = in[inOff + t] * factor;
-            out[outOff + t] = v;
-            finite &= Float.isFinite(v);
+        for (int i = 0; i < rows; i++) {
+            float rowFactor = rowScale == null ? 1f : rowScale[rowOff + i];
+            for (int t = 0; t < n; t++) {
+                float factor = colScale == null ? rowFactor : rowFactor * colScale[colOff + t];
+                float v = in[off + i * stride + t] * factor;
+                out[off + i * stride + t] = v;
+                finite &= Float.isFinite(v);
+            }
         }
         return finite;
     }
 
     @Override
-    protected boolean finite(MemorySegment src, DType dtype, long srcOff, int n) {
-        for (int t = 0; t < n; t++) {
-            if (!Float.isFinite(dtype.get(src, srcOff + t))) {
-                return false;
+    protected boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
+        for (int i = 0; i < rows; i++) {
+            for (int t = 0; t < n; t++) {
+                if (!Float.isFinite(dtype.get(src, srcOff + i * srcStride + t))) {
+                    return false;
+                }
             }
         }
         return true;
     }
 
     @Override
-    protected void load(float[] out, int outOff, MemorySegment src, DType dtype, long srcOff, int n) {
-        for (int t = 0; t < n; t++) {
-            out[outOff + t] = dtype.get(src, srcOff + t);
+    protected void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n) {
+        for (int i = 0; i < rows; i++) {
+            for (int t = 0; t < n; t++) {
+                out[outOff + i * outStride + t] = dtype.get(src, srcOff + i * srcStride + t);
+            }
         }
     }
 

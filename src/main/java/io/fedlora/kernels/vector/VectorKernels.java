@@ -8,6 +8,7 @@ import java.nio.ByteOrder;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.ShortVector;
+import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorShape;
 import jdk.incubator.vector.VectorSpecies;
@@ -87,88 +88,121 @@ public final class VectorKernels extends CpuKernels {
         return value.reinterpretAsInts().or(sign).reinterpretAsFloats();
     }
 
+    /** The lanes of a row's last, partial vector: the first {@code n % LANES}. */
+    private static VectorMask<Float> tail(int n) {
+        return FLOATS.indexInRange(FLOATS.loopBound(n), n);
+    }
+
+    /** {@link #loadVector} for the lanes in {@code mask} only; the others read nothing and are zero. */
+    private static FloatVector loadVector(MemorySegment src, DType dtype, long index, VectorMask<Float> mask) {
+        return switch (dtype) {
+            case F32 -> FloatVector.fromMemorySegment(FLOATS, src, index * 4, LE, mask);
+            case BF16 -> ((IntVector) ShortVector.fromMemorySegment(HALFS, src, index * 2, LE, mask.cast(HALFS))
+                    .convertShape(VectorOperators.S2I, INTS, 0))
+                    .lanewise(VectorOperators.LSHL, 16)
+                    .reinterpretAsFloats();
+            case F16 -> f16ToFloat((IntVector) ShortVector.fromMemorySegment(HALFS, src, index * 2, LE, mask.cast(HALFS))
+                    .convertShape(VectorOperators.S2I, INTS, 0));
+        };
+    }
+
     @Override
-    protected void axpy(float[] acc, int accOff, MemorySegment src, DType dtype, long srcOff, int n, float w) {
+    protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n, float w) {
         FloatVector weight = FloatVector.broadcast(FLOATS, w);
-        int t = 0;
         int bound = FLOATS.loopBound(n);
-        // Vector body: one fused multiply-add per lane.
-        if (dtype == DType.F32) {
-            // Separate F32 loop: the common case, kept free of the dtype switch.
-            for (; t < bound; t += LANES) {
-                FloatVector x = FloatVector.fromMemorySegment(FLOATS, src, (srcOff + t) * 4, LE);
-                x.fma(weight, FloatVector.fromArray(FLOATS, acc, accOff + t)).intoArray(acc, accOff + t);
+        VectorMask<Float> tail = tail(n);
+        for (int i = 0; i < rows; i++) {
+            int a = accOff + i * accStride;
+            long x = srcOff + i * srcStride;
+            // Whole vectors: one fused multiply-add per lane (F32 apart: the common case, no conversion).
+            int t = 0;
+            if (dtype == DType.F32) {
+                for (; t < bound; t += LANES) {
+                    FloatVector v = FloatVector.fromMemorySegment(FLOATS, src, (x + t) * 4, LE);
+                    v.fma(weight, FloatVector.fromArray(FLOATS, acc, a + t)).intoArray(acc, a + t);
+                }
+            } else {
+                for (; t < bound; t += LANES) {
+                    loadVector(src, dtype, x + t).fma(weight, FloatVector.fromArray(FLOATS, acc, a + t))
+                            .intoArray(acc, a + t);
+                }
             }
-        } else {
-            for (; t < bound; t += LANES) {
-                FloatVector x = loadVector(src, dtype, srcOff + t);
-                x.fma(weight, FloatVector.fromArray(FLOATS, acc, accOff + t)).intoArray(acc, accOff + t);
+            // The row's tail, masked: B factors' rows (rank 5, 20, ...) are mostly tail.
+            if (t < n) {
+                loadVector(src, dtype, x + t, tail).fma(weight, FloatVector.fromArray(FLOATS, acc, a + t, tail))
+                        .intoArray(acc, a + t, tail);
             }
-        }
-        // Tail: the same operation element by element.
-        for (; t < n; t++) {
-            acc[accOff + t] = Math.fma(w, dtype.get(src, srcOff + t), acc[accOff + t]);
         }
     }
 
     @Override
-    protected boolean scale(float[] out, int outOff, float[] in, int inOff, int n, float rowFactor,
-            float[] colScale, int colOff) {
-        FloatVector row = FloatVector.broadcast(FLOATS, rowFactor);
+    protected boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
+            float[] rowScale, int rowOff, float[] colScale, int colOff) {
         // x - x is 0 for finite x and NaN for NaN or inf: summing it flags any non-finite result.
         FloatVector check = FloatVector.zero(FLOATS);
-        int t = 0;
         int bound = FLOATS.loopBound(n);
-        for (; t < bound; t += LANES) {
-            FloatVector factor = colScale == null ? row : row.mul(FloatVector.fromArray(FLOATS, colScale, colOff + t));
-            FloatVector v = FloatVector.fromArray(FLOATS, in, inOff + t).mul(factor);
-            v.intoArray(out, outOff + t);
-            check = check.add(v.sub(v));
-        }
-        boolean finite = check.reduceLanes(VectorOperators.ADD) == 0f;
-        for (; t < n; t++) {
-            float factor = colScale == null ? rowFactor : rowFactor * colScale[colOff + t];
-            float v = in[inOff + t] * factor;
-            out[outOff + t] = v;
-            finite &= Float.isFinite(v);
-        }
-        return finite;
-    }
-
-    @Override
-    protected boolean finite(MemorySegment src, DType dtype, long srcOff, int n) {
-        FloatVector check = FloatVector.zero(FLOATS);
-        int t = 0;
-        int bound = FLOATS.loopBound(n);
-        for (; t < bound; t += LANES) {
-            FloatVector v = loadVector(src, dtype, srcOff + t);
-            check = check.add(v.sub(v));
-        }
-        if (check.reduceLanes(VectorOperators.ADD) != 0f) {
-            return false;
-        }
-        for (; t < n; t++) {
-            if (!Float.isFinite(dtype.get(src, srcOff + t))) {
-                return false;
+        VectorMask<Float> tail = tail(n);
+        for (int i = 0; i < rows; i++) {
+            FloatVector row = FloatVector.broadcast(FLOATS, rowScale == null ? 1f : rowScale[rowOff + i]);
+            int o = off + i * stride;
+            int t = 0;
+            for (; t < bound; t += LANES) {
+                FloatVector factor = colScale == null ? row : row.mul(FloatVector.fromArray(FLOATS, colScale, colOff + t));
+                FloatVector v = FloatVector.fromArray(FLOATS, in, o + t).mul(factor);
+                v.intoArray(out, o + t);
+                check = check.add(v.sub(v));
+            }
+            if (t < n) {
+                FloatVector factor = colScale == null ? row : row.mul(FloatVector.fromArray(FLOATS, colScale, colOff + t, tail));
+                FloatVector v = FloatVector.fromArray(FLOATS, in, o + t, tail).mul(factor);
+                v.intoArray(out, o + t, tail);
+                check = check.add(v.sub(v)); // masked-off lanes are 0 * factor: finite
             }
         }
-        return true;
+        return check.reduceLanes(VectorOperators.ADD) == 0f;
     }
 
     @Override
-    protected void load(float[] out, int outOff, MemorySegment src, DType dtype, long srcOff, int n) {
-        if (dtype == DType.F32) {
-            // A bulk copy beats an explicit vector loop for plain float data.
-            MemorySegment.copy(src, FLOAT_LE, srcOff * 4, out, outOff, n);
-            return;
-        }
-        int t = 0;
+    protected boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
+        FloatVector check = FloatVector.zero(FLOATS);
         int bound = FLOATS.loopBound(n);
-        for (; t < bound; t += LANES) {
-            loadVector(src, dtype, srcOff + t).intoArray(out, outOff + t);
+        VectorMask<Float> tail = tail(n);
+        for (int i = 0; i < rows; i++) {
+            long x = srcOff + i * srcStride;
+            int t = 0;
+            for (; t < bound; t += LANES) {
+                FloatVector v = loadVector(src, dtype, x + t);
+                check = check.add(v.sub(v));
+            }
+            if (t < n) {
+                FloatVector v = loadVector(src, dtype, x + t, tail);
+                check = check.add(v.sub(v));
+            }
         }
-        for (; t < n; t++) {
-            out[outOff + t] = dtype.get(src, srcOff + t);
+        return check.reduceLanes(VectorOperators.ADD) == 0f;
+    }
+
+    @Override
+    protected void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n) {
+        int bound = FLOATS.loopBound(n);
+        VectorMask<Float> tail = tail(n);
+        for (int i = 0; i < rows; i++) {
+            int o = outOff + i * outStride;
+            long x = srcOff + i * srcStride;
+            if (dtype == DType.F32) {
+                // A bulk copy beats an explicit vector loop for plain float data.
+                MemorySegment.copy(src, FLOAT_LE, x * 4, out, o, n);
+                continue;
+            }
+            int t = 0;
+            for (; t < bound; t += LANES) {
+                loadVector(src, dtype, x + t).intoArray(out, o + t);
+            }
+            if (t < n) {
+                loadVector(src, dtype, x + t, tail).intoArray(out, o + t, tail);
+            }
         }
     }
 

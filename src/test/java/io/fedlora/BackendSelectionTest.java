@@ -1,0 +1,80 @@
+package io.fedlora;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.fedlora.kernels.Backends;
+import io.fedlora.kernels.Kernels;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+
+/** The backend chosen is the one expected: a silent fallback fails here. */
+class BackendSelectionTest {
+
+    @Test
+    void theProcessBackendIsTheExpectedOne() {
+        // The build says what this machine must pick (vector; cuda under the device emulator).
+        String expected = System.getProperty("fedlora.expect.backend");
+        assertNotNull(expected, "the build must set fedlora.expect.backend");
+        assertEquals(expected, Backends.get().name());
+    }
+
+    @Test
+    void namedBackendsAreTheOnesAskedFor() {
+        for (String name : List.of("scalar", "vector")) {
+            try (Kernels k = Backends.create(name, 2)) {
+                assertEquals(name, k.name());
+            }
+        }
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Backends.create("tpu", 1));
+        assertTrue(e.getMessage().contains("unknown backend 'tpu'"), e.getMessage());
+    }
+
+    @Test
+    void probesReportEveryBackend() {
+        List<Backends.Probe> probes = Backends.probeAll();
+        assertEquals(Backends.NAMES, probes.stream().map(Backends.Probe::name).toList());
+        for (Backends.Probe p : probes) {
+            assertTrue(p.detail() != null && !p.detail().isBlank(), p.name());
+        }
+        assertTrue(probes.get(2).available(), "scalar always runs");
+    }
+
+    /** Runs ProbeMain in a fresh JVM without the Vector module, so the lookup must fall back or fail. */
+    static Result child(String... extraArgs) throws IOException, InterruptedException {
+        String java = ProcessHandle.current().info().command().orElseThrow();
+        List<String> cmd = new ArrayList<>(List.of(java, "-cp", System.getProperty("java.class.path")));
+        cmd.addAll(List.of(extraArgs));
+        cmd.add(ProbeMain.class.getName());
+        ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
+        pb.environment().remove(Backends.ENVIRONMENT);
+        Process p = pb.start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(60, TimeUnit.SECONDS));
+        return new Result(p.exitValue(), out);
+    }
+
+    record Result(int exit, String output) {
+    }
+
+    @Test
+    void withoutTheVectorModuleAutoFallsBackAndSaysWhy() throws Exception {
+        Result r = child("-Dfedlora.backend=auto");
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("chosen=scalar"), r.output());
+        assertTrue(r.output().contains("run java with --add-modules jdk.incubator.vector"), r.output());
+    }
+
+    @Test
+    void aForcedBackendThatCannotRunIsAnError() throws Exception {
+        Result r = child("-Dfedlora.backend=vector");
+        assertEquals(3, r.exit(), r.output());
+        assertTrue(r.output().contains("backend 'vector' was requested but cannot run here"), r.output());
+    }
+}

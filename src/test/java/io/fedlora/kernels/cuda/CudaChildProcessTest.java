@@ -1,0 +1,99 @@
+package io.fedlora.kernels.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeFalse;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The CUDA cases that need a JVM of their own: no driver on the library path, and emulated
+ * devices of a chosen memory size (FEDLORA_EMU_MEMORY is read once per process).
+ */
+class CudaChildProcessTest {
+
+    record Result(int exit, String output) {
+    }
+
+    /** Runs EmulatorChild with the given environment changes (null value: remove the variable). */
+    static Result child(Map<String, String> environment, String mode) throws IOException, InterruptedException {
+        String java = ProcessHandle.current().info().command().orElseThrow();
+        List<String> command = new ArrayList<>(List.of(java, "--add-modules", "jdk.incubator.vector",
+                "--enable-native-access=ALL-UNNAMED", "-cp", System.getProperty("java.class.path"),
+                EmulatorChild.class.getName(), mode));
+        ProcessBuilder builder = new ProcessBuilder(command).redirectErrorStream(true);
+        builder.environment().remove("FEDLORA_BACKEND");
+        environment.forEach((name, value) -> {
+            if (value == null) {
+                builder.environment().remove(name);
+            } else {
+                builder.environment().put(name, value);
+            }
+        });
+        Process process = builder.start();
+        String output = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(process.waitFor(120, TimeUnit.SECONDS), "child timed out:\n" + output);
+        return new Result(process.exitValue(), output);
+    }
+
+    /** The emulator, as the build puts it on the library path. */
+    static boolean emulatorOnLibraryPath() {
+        String path = System.getenv("LD_LIBRARY_PATH");
+        if (path == null) {
+            return false;
+        }
+        for (String dir : path.split(":")) {
+            if (!dir.isEmpty() && Files.exists(Path.of(dir, "libcuda.so.1")) && Files.exists(Path.of(dir, "emu_test"))) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** A real NVIDIA driver is found without LD_LIBRARY_PATH, so "no driver" cannot be staged here. */
+    static boolean realDriverInstalled() {
+        return Files.exists(Path.of("/dev/nvidiactl")) || Files.exists(Path.of("/usr/lib/x86_64-linux-gnu/libcuda.so.1"))
+                || Files.exists(Path.of("/usr/lib64/libcuda.so.1"));
+    }
+
+    @Test
+    void withoutADriverAutoPicksVectorAndSaysWhyAndForcedCudaFails() throws Exception {
+        assumeFalse(realDriverInstalled(), "a real CUDA driver is installed; cannot run without one");
+        Result r = child(Map.of("LD_LIBRARY_PATH", ""), "backends");
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("chosen=vector"), r.output());
+        // Backends' one log line names the reason CUDA was skipped.
+        assertTrue(r.output().contains("skipped cuda: the CUDA driver (libcuda.so.1) is missing"), r.output());
+        assertTrue(r.output().contains("forced failed: backend 'cuda' was requested but cannot run here: "
+                + "the CUDA driver (libcuda.so.1) is missing"), r.output());
+    }
+
+    @Test
+    void aSmallDeviceComputesInChunksWithTheSameResults() throws Exception {
+        assumeTrue(emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
+        Result r = child(Map.of("FEDLORA_EMU_MEMORY", "64K", "FEDLORA_EMU_QUIET", "1"), "chunked");
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("staging 4 KiB x 3"), "the slots must follow the small device:\n" + r.output());
+        assertTrue(r.output().contains("too big: CUDA device out of memory: an accumulator of 1000 x 1000 needs 4000000 bytes"),
+                r.output());
+    }
+
+    @Test
+    void aDeviceTooSmallForAnythingIsAClearErrorAndAutoFallsBack() throws Exception {
+        assumeTrue(emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
+        Result r = child(Map.of("FEDLORA_EMU_MEMORY", "16K"), "backends");
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("chosen=vector"), r.output());
+        assertTrue(r.output().contains("forced failed: backend 'cuda' was requested but cannot run here: "
+                + "the CUDA device has 16384 bytes of memory free; fedlora needs at least 24576"), r.output());
+    }
+}

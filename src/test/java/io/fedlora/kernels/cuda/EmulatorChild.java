@@ -1,0 +1,102 @@
+package io.fedlora.kernels.cuda;
+
+import io.fedlora.DType;
+import io.fedlora.Tensor;
+import io.fedlora.kernels.Accumulator;
+import io.fedlora.kernels.Backends;
+import io.fedlora.kernels.Kernels;
+import io.fedlora.kernels.Matrix;
+import io.fedlora.kernels.scalar.ScalarKernels;
+import java.util.Arrays;
+import java.util.SplittableRandom;
+
+/**
+ * Child-JVM entry for {@link CudaChildProcessTest}: the emulator reads its memory size once per
+ * process, and the library path is fixed at JVM start, so these cases need a JVM of their own.
+ * Prints what it found; exits 0 when its checks held, 1 otherwise.
+ */
+public final class EmulatorChild {
+    private EmulatorChild() {
+    }
+
+    public static void main(String[] args) {
+        switch (args[0]) {
+            case "chunked" -> chunked();
+            case "backends" -> backends();
+            default -> throw new IllegalArgumentException(args[0]);
+        }
+    }
+
+    /** What auto and a forced cuda do here (no driver, or a device too small). */
+    private static void backends() {
+        System.out.println("cause=" + CudaKernels.unavailabilityCause());
+        try (Kernels auto = Backends.create("auto", 1)) {
+            System.out.println("chosen=" + auto.name());
+        }
+        try (Kernels forced = Backends.create("cuda", 1)) {
+            System.out.println("forced=" + forced.name());
+        } catch (IllegalStateException e) {
+            System.out.println("forced failed: " + e.getMessage());
+        }
+    }
+
+    /** Under a small emulated device every operation is cut into many tiles; results must not change. */
+    private static void chunked() {
+        boolean ok = true;
+        try (CudaKernels cuda = new CudaKernels(); ScalarKernels scalar = new ScalarKernels()) {
+            System.out.println("device=" + cuda.description());
+            SplittableRandom random = new SplittableRandom(11);
+            int rows = 37, cols = 301; // 11137 floats: about 11 tiles of 1024
+            Matrix[] sources = {
+                matrix(random, DType.F32, rows, cols, cols), matrix(random, DType.BF16, rows - 5, cols, cols),
+                matrix(random, DType.F16, rows, cols - 7, cols),
+            };
+            float[] weights = {0.5f, 2f, 1.25f};
+            float[] rowScale = new float[rows], colScale = new float[cols];
+            Arrays.fill(rowScale, 0.75f);
+            for (int j = 0; j < cols; j++) {
+                colScale[j] = 1f / (1 + j % 5);
+            }
+            float[] want = new float[rows * cols], got = new float[rows * cols];
+            scalar.weightedSum(want, rows, cols, sources, weights, rowScale, colScale);
+            int bad = cuda.weightedSum(got, rows, cols, sources, weights, rowScale, colScale);
+            ok &= check("weightedSum", bad == -1 && Arrays.equals(want, got));
+            try (Accumulator acc = cuda.newAccumulator(rows, cols)) {
+                for (int k = 0; k < sources.length; k++) {
+                    acc.add(sources[k], weights[k]);
+                }
+                acc.finish(got, rowScale, colScale);
+            }
+            ok &= check("accumulator", Arrays.equals(want, got));
+            float[] donor = new float[(rows + 4) * (cols + 3)];
+            Arrays.fill(donor, 7f);
+            float[] padWant = new float[donor.length], padGot = new float[donor.length];
+            scalar.pad(padWant, rows + 4, cols + 3, sources[1], donor);
+            cuda.pad(padGot, rows + 4, cols + 3, sources[1], donor);
+            ok &= check("pad", Arrays.equals(padWant, padGot));
+            ok &= check("allFinite", cuda.allFinite(sources[2]));
+            Matrix a = matrix(random, DType.F32, 16, 1500, 1500), b = matrix(random, DType.BF16, 900, 16, 16);
+            double normWant = scalar.loraNormSquared(a, b), normGot = cuda.loraNormSquared(a, b);
+            ok &= check("loraNormSquared", Math.abs(normWant - normGot) <= 1e-5 * normWant);
+            try (Accumulator tooBig = cuda.newAccumulator(1000, 1000)) {
+                ok &= check("4 MB accumulator on a 64 KiB device fails", false);
+            } catch (IllegalStateException e) {
+                System.out.println("too big: " + e.getMessage());
+            }
+        }
+        System.exit(ok ? 0 : 1);
+    }
+
+    private static boolean check(String what, boolean held) {
+        System.out.println(what + (held ? ": same" : ": DIFFERENT"));
+        return held;
+    }
+
+    private static Matrix matrix(SplittableRandom random, DType dtype, int rows, int cols, int stride) {
+        float[] values = new float[rows * stride];
+        for (int i = 0; i < values.length; i++) {
+            values[i] = (float) (random.nextDouble() * 2 - 1);
+        }
+        return new Matrix(Tensor.convert(values, dtype, rows, stride).data(), dtype, 0, rows, cols, stride);
+    }
+}
