@@ -49,6 +49,12 @@ public final class Main implements Runnable {
     }
 
     public static void main(String[] args) {
+        // The command prints its own summary (backend included); the library's INFO lines, such
+        // as why the CUDA probe failed, are noise on a command line unless asked for with --verbose.
+        if (!java.util.Arrays.asList(args).contains("--verbose")) {
+            System.setProperty("org.slf4j.simpleLogger.defaultLogLevel",
+                    System.getProperty("org.slf4j.simpleLogger.defaultLogLevel", "warn"));
+        }
         System.exit(run(args, System.out, System.err));
     }
 
