@@ -4,7 +4,7 @@ import io.fedlora.Aggregator;
 import io.fedlora.DType;
 import io.fedlora.InvalidUpdateException;
 import io.fedlora.LoraScale;
-import io.fedlora.Round;
+import io.fedlora.ClientUpdate;
 import io.fedlora.Strategy;
 import io.fedlora.Tensor;
 import io.fedlora.io.AdapterConfig;
@@ -12,12 +12,12 @@ import io.fedlora.io.InvalidFileException;
 import io.fedlora.io.PeftAdapter;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
 import java.util.Set;
-import java.util.stream.Collectors;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
@@ -96,6 +96,10 @@ final class AggregateCommand implements Callable<Integer> {
                 output, result.clients(), strategy.name().toLowerCase(Locale.ROOT), result.backend(),
                 result.globalRank(), Progress.bytes(result.bytesRead()), result.seconds(),
                 result.bytesRead() / result.seconds() / 1e9);
+        if (main.verbose || spec.commandLine().getParseResult().hasMatchedOption("--verbose")) {
+            main.err.printf(Locale.ROOT, "fedlora: open %.3f s, aggregate %.3f s, write %.3f s%n",
+                    result.openSeconds(), result.aggregateSeconds(), result.writeSeconds());
+        }
         return Main.OK;
     }
 
@@ -124,13 +128,16 @@ final class AggregateCommand implements Callable<Integer> {
     }
 
     /** What one aggregation did. */
-    record Result(int clients, int globalRank, String backend, long bytesRead, double seconds) {
+    record Result(int clients, int globalRank, String backend, long bytesRead, double seconds,
+            double openSeconds, double aggregateSeconds, double writeSeconds) {
     }
 
     /**
-     * One aggregation, file to file, shared by {@code aggregate} and {@code demo}. Clients are
-     * streamed through a {@link Round}: each file is mapped, added and unmapped in turn, so the
-     * memory held is one global adapter plus one client, whatever the number of clients.
+     * One aggregation, file to file, shared by {@code aggregate} and {@code demo}. Every client
+     * file is memory-mapped and handed to the facade's batch call, which reads each client's
+     * bytes exactly once (the streaming {@link io.fedlora.Round} would scan each client twice:
+     * once to check it, once to add it). Mapped pages are the page cache's, not the heap's, so
+     * many large clients cost address space, not memory the JVM must hold.
      */
     record Job(List<Path> clients, double[] weights, Strategy strategy, int rank, String backend, DType dtype,
             boolean fold, boolean allowMissing, Path output) {
@@ -139,52 +146,54 @@ final class AggregateCommand implements Callable<Integer> {
             long start = System.nanoTime();
             Map<String, Path> fileOf = new HashMap<>();
             Map<Path, Set<String>> keysOf = new LinkedHashMap<>();
-            AdapterConfig firstConfig;
-            Map<String, String> firstMetadata;
+            List<PeftAdapter> open = new ArrayList<>();
             String backendName;
             Map<String, Tensor> global;
             long bytes = 0;
-            try (PeftAdapter first = PeftAdapter.open(clients.get(0));
-                    Aggregator aggregator = aggregator(first);
-                    Round round = aggregator.newRound()) {
-                firstConfig = first.config();
-                firstMetadata = new LinkedHashMap<>(first.metadata());
-                backendName = aggregator.backendName();
+            try {
+                List<ClientUpdate> updates = new ArrayList<>();
                 for (int k = 0; k < clients.size(); k++) {
                     Path path = clients.get(k);
                     String id = path.toString();
-                    fileOf.put(id, path);
-                    PeftAdapter adapter = k == 0 ? first : PeftAdapter.open(path);
-                    try {
-                        if (fold && adapter.config() == null) {
-                            throw new InvalidFileException(id, "--scale fold needs lora_alpha, but there is no "
-                                    + PeftAdapter.CONFIG + " for this adapter");
-                        }
-                        // The round copies what it needs into its sums, so the file can be unmapped after.
-                        round.add(adapter.toUpdate(id, weights[k]));
-                        keysOf.put(path, adapter.tensors().keySet().stream().collect(Collectors.toSet()));
-                        bytes += adapter.byteSize();
-                    } finally {
-                        if (k != 0) {
-                            adapter.close();
-                        }
+                    PeftAdapter adapter = PeftAdapter.open(path);
+                    open.add(adapter);
+                    if (fold && adapter.config() == null) {
+                        throw new InvalidFileException(id, "--scale fold needs lora_alpha, but there is no "
+                                + PeftAdapter.CONFIG + " for this adapter");
                     }
+                    if (progress.enabled()) {
+                        // Bring the file in now, so that the progress shows the reading as it happens.
+                        adapter.load();
+                    }
+                    fileOf.put(id, path);
+                    keysOf.put(path, Set.copyOf(adapter.tensors().keySet()));
+                    updates.add(adapter.toUpdate(id, weights[k]));
+                    bytes += adapter.byteSize();
                     progress.update(k + 1, bytes);
                 }
+                progress.done();
                 if (!allowMissing) {
                     checkPresence(keysOf);
                 }
-                global = round.finish();
+                long opened = System.nanoTime();
+                try (Aggregator aggregator = aggregator(open.get(0))) {
+                    backendName = aggregator.backendName();
+                    global = aggregator.aggregate(updates);
+                }
+                long aggregated = System.nanoTime();
+                int globalRank = rank > 0 ? rank : PeftAdapter.moduleRanks(global).values().stream()
+                        .mapToInt(Integer::intValue).max().orElse(1);
+                PeftAdapter first = open.get(0);
+                PeftAdapter.write(output, global, dtype, first.config(), first.metadata(), globalRank);
+                long end = System.nanoTime();
+                return new Result(clients.size(), globalRank, backendName, bytes, (end - start) / 1e9,
+                        (opened - start) / 1e9, (aggregated - opened) / 1e9, (end - aggregated) / 1e9);
             } catch (InvalidUpdateException e) {
                 throw clientFailure(e, fileOf);
             } finally {
                 progress.done();
+                open.forEach(PeftAdapter::close);
             }
-            int globalRank = rank > 0 ? rank : PeftAdapter.moduleRanks(global).values().stream()
-                    .mapToInt(Integer::intValue).max().orElse(1);
-            PeftAdapter.write(output, global, dtype, firstConfig, firstMetadata, globalRank);
-            double seconds = (System.nanoTime() - start) / 1e9;
-            return new Result(clients.size(), globalRank, backendName, bytes, seconds);
         }
 
         private Aggregator aggregator(PeftAdapter first) throws InvalidFileException {

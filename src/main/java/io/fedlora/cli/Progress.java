@@ -41,6 +41,10 @@ final class Progress {
         return new Progress(System.err, false, false, 0);
     }
 
+    boolean enabled() {
+        return enabled;
+    }
+
     /** Called after each client; {@code bytes} is the running total read. */
     void update(int clientsDone, long bytes) {
         if (!enabled) {
@@ -64,10 +68,11 @@ final class Progress {
         err.flush();
     }
 
-    /** Ends the line on a terminal. */
+    /** Ends the line on a terminal; idempotent. */
     void done() {
         if (enabled && terminal && printed) {
             err.println();
+            printed = false;
         }
     }
 

@@ -119,6 +119,11 @@ public final class PeftAdapter implements AutoCloseable {
         return config == null ? update : update.withScale(config.scale());
     }
 
+    /** Reads the whole file into memory now (page faults up front) rather than on first use. */
+    public void load() {
+        weights.load();
+    }
+
     /** Unmaps the file; the tensors must not be used afterwards. */
     @Override
     public void close() {

@@ -66,9 +66,12 @@ public final class Safetensors implements AutoCloseable {
     private final Map<String, String> metadata;
     private final long byteSize;
 
-    private Safetensors(String source, Arena arena, Map<String, Tensor> tensors,
+    private final MemorySegment mapping;
+
+    private Safetensors(String source, Arena arena, MemorySegment mapping, Map<String, Tensor> tensors,
             Map<String, String> metadata, long byteSize) {
         this.source = source;
+        this.mapping = mapping;
         this.arena = arena;
         this.tensors = Collections.unmodifiableMap(tensors);
         this.metadata = Collections.unmodifiableMap(metadata);
@@ -145,7 +148,7 @@ public final class Safetensors implements AutoCloseable {
             DType dtype = DType.fromSafetensorsName(e.dtype());
             tensors.put(e.name(), Tensor.of(data.asSlice(e.begin(), e.end() - e.begin()), dtype, e.shape()));
         }
-        return new Safetensors(source, arena, tensors, header.metadata(), size);
+        return new Safetensors(source, arena, whole, tensors, header.metadata(), size);
     }
 
     /**
@@ -491,6 +494,13 @@ public final class Safetensors implements AutoCloseable {
     /** Size of the whole file in bytes. */
     public long byteSize() {
         return byteSize;
+    }
+
+    /** Brings a mapped file's pages into memory now; a no-op for data already in memory. */
+    public void load() {
+        if (mapping.isMapped()) {
+            mapping.load();
+        }
     }
 
     /** Unmaps the file (if this handle mapped it); its tensors must not be used afterwards. */
