@@ -172,13 +172,17 @@ final class AggregateCommand implements Callable<Integer> {
                     progress.update(k + 1, bytes);
                 }
                 progress.done();
-                if (!allowMissing) {
-                    checkPresence(keysOf);
-                }
                 long opened = System.nanoTime();
                 try (Aggregator aggregator = aggregator(open.get(0))) {
                     backendName = aggregator.backendName();
                     global = aggregator.aggregate(updates);
+                } catch (IllegalArgumentException e) {
+                    if (e instanceof InvalidUpdateException || allowMissing) {
+                        throw e;
+                    }
+                    // The facade names a tensor that only some clients have, not who lacks it.
+                    checkPresence(keysOf);
+                    throw e;
                 }
                 long aggregated = System.nanoTime();
                 int globalRank = rank > 0 ? rank : PeftAdapter.moduleRanks(global).values().stream()

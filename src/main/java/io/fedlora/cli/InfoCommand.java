@@ -26,7 +26,7 @@ final class InfoCommand implements Callable<Integer> {
         out.println("backends");
         for (Backends.Probe probe : Backends.probeAll()) {
             out.printf(Locale.ROOT, "  %-8s %-13s %s%n", probe.name(),
-                    probe.available() ? "available" : "not available", firstLine(probe.detail()));
+                    probe.available() ? "available" : "not available", Main.oneLine(probe.detail()));
         }
         try {
             Kernels chosen = Backends.get();
@@ -37,14 +37,5 @@ final class InfoCommand implements Callable<Integer> {
             return Main.FAILURE;
         }
         return Main.OK;
-    }
-
-    /** A probe's reason can carry a native loader's multi-line report; the first line says it. */
-    static String firstLine(String detail) {
-        if (detail == null) {
-            return "";
-        }
-        String line = detail.lines().findFirst().orElse("").strip();
-        return line.length() > 300 ? line.substring(0, 300) + "..." : line;
     }
 }

@@ -117,8 +117,16 @@ public final class Main implements Runnable {
         return oneLine(message == null ? e.getClass().getSimpleName() : message);
     }
 
+    /**
+     * The first line, at most 500 characters: enough to name the file and the problem. (A native
+     * loader's report, say from a CUDA probe, can run to dozens of lines.)
+     */
     static String oneLine(String message) {
-        return message == null ? "" : message.strip().replaceAll("\\s*\\R\\s*", " ");
+        if (message == null) {
+            return "";
+        }
+        String line = message.strip().lines().findFirst().orElse("").strip();
+        return line.length() > 500 ? line.substring(0, 500) + "..." : line;
     }
 
     /** An error that belongs to one client file: its message is already "FILE: PROBLEM". */
