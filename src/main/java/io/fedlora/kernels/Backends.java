@@ -7,6 +7,7 @@ import java.util.List;
 import java.util.Locale;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+import org.slf4j.event.Level;
 
 /**
  * Picks the kernels backend once per JVM, in the order CUDA, Vector, Scalar (DESIGN §3). The
@@ -46,7 +47,7 @@ public final class Backends {
             Kernels kernels = null;
             RuntimeException failure = null;
             try {
-                kernels = create(configuredName(), defaultThreads());
+                kernels = create(configuredName(), defaultThreads(), Level.INFO);
             } catch (RuntimeException e) {
                 failure = e;
             }
@@ -99,13 +100,21 @@ public final class Backends {
      * run throws {@link IllegalStateException} with the reason.
      */
     public static Kernels create(String name, int threads) {
+        return create(name, threads, Level.DEBUG);
+    }
+
+    /** The process backend is logged at INFO, once; backends made for single aggregators at DEBUG. */
+    private static Kernels create(String name, int threads, Level level) {
         String wanted = name == null ? "auto" : name.trim().toLowerCase(Locale.ROOT);
         if (wanted.equals("auto")) {
             List<String> skipped = new ArrayList<>();
             for (String candidate : NAMES) {
                 try {
                     Kernels kernels = instantiate(candidate, threads);
-                    LOG.info("fedlora backend: {} ({}){}", kernels.name(), kernels.description(),
+                    // No GPU is normal; a JVM without the Vector module is worth a warning that says what to do.
+                    boolean vectorMissing = skipped.stream().anyMatch(reason -> reason.startsWith("vector"));
+                    LOG.atLevel(vectorMissing && level == Level.INFO ? Level.WARN : level)
+                            .log("fedlora backend: {} ({}){}", kernels.name(), kernels.description(),
                             skipped.isEmpty() ? "" : "; skipped " + String.join("; ", skipped));
                     return kernels;
                 } catch (UnsupportedOperationException e) {
@@ -119,7 +128,7 @@ public final class Backends {
         }
         try {
             Kernels kernels = instantiate(wanted, threads);
-            LOG.info("fedlora backend: {} ({}), as requested", kernels.name(), kernels.description());
+            LOG.atLevel(level).log("fedlora backend: {} ({}), as requested", kernels.name(), kernels.description());
             return kernels;
         } catch (UnsupportedOperationException e) {
             throw new IllegalStateException("backend '" + wanted + "' was requested but cannot run here: " + e.getMessage(), e);

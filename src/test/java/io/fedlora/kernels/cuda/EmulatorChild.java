@@ -30,9 +30,8 @@ public final class EmulatorChild {
     /** What auto and a forced cuda do here (no driver, or a device too small). */
     private static void backends() {
         System.out.println("cause=" + CudaKernels.unavailabilityCause());
-        try (Kernels auto = Backends.create("auto", 1)) {
-            System.out.println("chosen=" + auto.name());
-        }
+        // The process backend: its choice and the reasons for skipping others are logged once, at INFO.
+        System.out.println("chosen=" + Backends.get().name());
         try (Kernels forced = Backends.create("cuda", 1)) {
             System.out.println("forced=" + forced.name());
         } catch (IllegalStateException e) {
