@@ -24,10 +24,12 @@ import org.junit.jupiter.api.Timeout;
  */
 class SafetensorsFuzzTest {
 
-    // Jazzer turns a JUnit @Timeout into libFuzzer's per-input -timeout: an input that takes
-    // longer is reported as a hang. It runs libFuzzer with -rss_limit_mb=0, so running out of
-    // memory shows up as the JVM's OutOfMemoryError, which fails the test like any other throw.
-    @Timeout(10)
+    // Jazzer turns a JUnit @Timeout into libFuzzer's per-input -timeout, so an input that runs
+    // that long is reported as a hang. JUnit applies the same limit to the whole fuzzing
+    // invocation (30 s of fuzzing plus instrumenting), hence a generous 120 s rather than a few.
+    // libFuzzer runs with -rss_limit_mb=0: running out of memory shows up as the JVM's
+    // OutOfMemoryError, which fails the test like any other throw.
+    @Timeout(120)
     @FuzzTest(maxDuration = "30s")
     @DictionaryEntries({"{", "}", "[", "]", ":", ",", "\"dtype\"", "\"shape\"", "\"data_offsets\"",
         "\"__metadata__\"", "\"F32\"", "\"BF16\"", "\"F16\"", "\"I64\"", "18446744073709551615", "-1", "1e3"})
