@@ -1,7 +1,5 @@
 package io.fedlora.cli;
 
-import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.fedlora.DType;
 import io.fedlora.Strategy;
 import io.fedlora.Tensor;
@@ -158,15 +156,15 @@ final class DemoCommand implements Callable<Integer> {
             tensors.put(m.name() + ".lora_A.weight", random(random, rank, m.in(), 1.0 / Math.sqrt(m.in()), dtype));
             tensors.put(m.name() + ".lora_B.weight", random(random, m.out(), rank, 0.01, dtype));
         }
-        ObjectNode config = new ObjectMapper().createObjectNode();
+        Map<String, Object> config = new LinkedHashMap<>();
         config.put("peft_type", "LORA");
         config.put("task_type", llama ? "CAUSAL_LM" : "SEQ_CLS");
         config.put("base_model_name_or_path", llama ? "meta-llama/Llama-2-7b-hf" : "distilbert-base-uncased");
         config.put("r", rank);
         config.put("lora_alpha", 16);
         config.put("lora_dropout", 0.05);
-        var targets = config.putArray("target_modules");
-        modules.stream().map(m -> m.name().substring(m.name().lastIndexOf('.') + 1)).distinct().forEach(targets::add);
+        config.put("target_modules", modules.stream()
+                .map(m -> m.name().substring(m.name().lastIndexOf('.') + 1)).distinct().toList());
         PeftAdapter.write(dir, tensors, dtype, AdapterConfig.of(config, "<demo>"), Map.of("format", "pt"), rank);
     }
 

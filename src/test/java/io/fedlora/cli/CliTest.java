@@ -8,7 +8,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.fedlora.Aggregator;
 import io.fedlora.ClientUpdate;
 import io.fedlora.DType;
@@ -94,12 +93,12 @@ class CliTest {
     }
 
     static AdapterConfig config(int r, double alpha, boolean rslora) throws Exception {
-        ObjectNode json = new ObjectMapper().createObjectNode();
+        Map<String, Object> json = new LinkedHashMap<>();
         json.put("peft_type", "LORA");
         json.put("r", r);
         json.put("lora_alpha", alpha);
         json.put("use_rslora", rslora);
-        json.putArray("target_modules").add("q_proj").add("up_proj");
+        json.put("target_modules", List.of("q_proj", "up_proj"));
         json.put("base_model_name_or_path", "tiny-test-model");
         return AdapterConfig.of(json, "test");
     }
