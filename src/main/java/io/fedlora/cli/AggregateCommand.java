@@ -7,7 +7,6 @@ import io.fedlora.LoraScale;
 import io.fedlora.ClientUpdate;
 import io.fedlora.Strategy;
 import io.fedlora.Tensor;
-import io.fedlora.io.AdapterConfig;
 import io.fedlora.io.InvalidFileException;
 import io.fedlora.io.PeftAdapter;
 import java.io.IOException;

@@ -88,6 +88,7 @@ final class Progress {
      * enables it); otherwise the JDK's console check, which looks at stdin and stdout instead.
      * Never triggers the JDK's restricted-method warning.
      */
+    @SuppressWarnings("restricted") // only called when native access is enabled for this module
     static boolean stderrIsTerminal() {
         if (Progress.class.getModule().isNativeAccessEnabled()) {
             try {
