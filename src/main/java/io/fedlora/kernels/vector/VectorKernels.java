@@ -262,22 +262,35 @@ public final class VectorKernels extends CpuKernels {
         return value.reinterpretAsInts().or(sign).reinterpretAsFloats();
     }
 
+    /** Rows summed in float32 before each block is added into the double Gram: keeps the error near 1e-7. */
+    private static final int GRAM_BLOCK = 256;
+
     @Override
-    protected double dot(float[] x, int xOff, float[] y, int yOff, int n) {
-        // Float lanes, summed in double at the end: n / LANES terms per lane keeps the error near 1e-7.
-        FloatVector sum = FloatVector.zero(FLOATS);
-        int t = 0;
-        int bound = FLOATS.loopBound(n);
-        for (; t < bound; t += LANES) {
-            sum = FloatVector.fromArray(FLOATS, x, xOff + t).fma(FloatVector.fromArray(FLOATS, y, yOff + t), sum);
+    protected void gramUpdate(double[] gram, float[] rows, int first, int count, int r) {
+        float[] block = new float[r * r];
+        int bound = FLOATS.loopBound(r);
+        for (int start = first; start < first + count; start += GRAM_BLOCK) {
+            java.util.Arrays.fill(block, 0f);
+            int end = Math.min(first + count, start + GRAM_BLOCK);
+            for (int row = start; row < end; row++) {
+                int x = row * r;
+                for (int i = 0; i < r; i++) {
+                    // Row i of the outer product: x[i] times the whole row, one vector at a time.
+                    FloatVector xi = FloatVector.broadcast(FLOATS, rows[x + i]);
+                    int g = i * r;
+                    int j = 0;
+                    for (; j < bound; j += LANES) {
+                        FloatVector.fromArray(FLOATS, rows, x + j).fma(xi, FloatVector.fromArray(FLOATS, block, g + j))
+                                .intoArray(block, g + j);
+                    }
+                    for (; j < r; j++) {
+                        block[g + j] = Math.fma(rows[x + i], rows[x + j], block[g + j]);
+                    }
+                }
+            }
+            for (int i = 0; i < block.length; i++) {
+                gram[i] += block[i];
+            }
         }
-        double s = 0;
-        for (int lane = 0; lane < LANES; lane++) {
-            s += sum.lane(lane);
-        }
-        for (; t < n; t++) {
-            s += (double) x[xOff + t] * y[yOff + t];
-        }
-        return s;
     }
 }
