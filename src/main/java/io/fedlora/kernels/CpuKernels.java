@@ -62,8 +62,11 @@ public abstract class CpuKernels implements Kernels {
     protected abstract void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
             long srcStride, int rows, int n);
 
-    /** {@code sum x[xOff + t] * y[yOff + t]}, for the Gram matrices. */
-    protected abstract double dot(float[] x, int xOff, float[] y, int yOff, int n);
+    /**
+     * {@code gram[i * r + j] += sum over rows[first .. first + count) of row[i] * row[j]}, rows of
+     * length r back to back: the outer products behind NORM's Gram matrices.
+     */
+    protected abstract void gramUpdate(double[] gram, float[] rows, int first, int count, int r);
 
     // ---- Kernels -----------------------------------------------------------------------------
 
@@ -154,32 +157,45 @@ public abstract class CpuKernels implements Kernels {
     @Override
     public double loraNormSquared(Matrix a, Matrix b) {
         int r = a.rows(), n = a.cols(), m = b.rows();
-        float[] rowsOfA = new float[Math.multiplyExact(r, n)];
-        pad(rowsOfA, r, n, a, null);
-        // B's columns become rows so that both Gram matrices are dot products of contiguous runs.
-        float[] colsOfB = new float[Math.multiplyExact(r, m)];
+        // Both Gram matrices as sums of outer products of r-long rows: B's rows as they are, A's
+        // columns after a transpose. The r x r sums stay in cache while the factor streams past once.
         float[] denseB = new float[Math.multiplyExact(m, r)];
         load(denseB, 0, r, b.data(), b.dtype(), b.offset(), b.rowStride(), m, r);
-        for (int i = 0; i < m; i++) {
-            for (int j = 0; j < r; j++) {
-                colsOfB[j * m + i] = denseB[i * r + j];
+        float[] denseA = new float[Math.multiplyExact(r, n)];
+        load(denseA, 0, n, a.data(), a.dtype(), a.offset(), a.rowStride(), r, n);
+        float[] columnsOfA = new float[denseA.length];
+        for (int i = 0; i < r; i++) {
+            for (int j = 0; j < n; j++) {
+                columnsOfA[j * r + i] = denseA[i * n + j];
             }
         }
-        // ||BA||_F^2 = sum_ij (A A^T)_ij (B^T B)_ij; both Grams are symmetric, so sum i >= j twice.
-        double[] perRow = new double[r];
-        parallelFor(r, (long) r * r * (n + m) / 2, i -> {
-            double s = 0;
-            for (int j = 0; j <= i; j++) {
-                double g = dot(rowsOfA, i * n, rowsOfA, j * n, n) * dot(colsOfB, i * m, colsOfB, j * m, m);
-                s += i == j ? g : 2 * g;
-            }
-            perRow[i] = s;
-        });
+        double[] gramA = gram(columnsOfA, n, r);
+        double[] gramB = gram(denseB, m, r);
+        // ||BA||_F^2 = sum_ij (A A^T)_ij (B^T B)_ij
         double sum = 0;
-        for (double s : perRow) {
-            sum += s;
+        for (int i = 0; i < r * r; i++) {
+            sum += gramA[i] * gramB[i];
         }
         return sum;
+    }
+
+    /** {@code sum over rows x of x x^T} for {@code count} rows of length r, split across threads by row blocks. */
+    private double[] gram(float[] rows, int count, int r) {
+        int blocks = Math.max(1, Math.min(threads, (int) (((long) count * r * r) / PARALLEL_MIN)));
+        double[][] partial = new double[blocks][r * r];
+        int perBlock = (count + blocks - 1) / blocks;
+        parallelFor(blocks, PARALLEL_MIN, blk -> {
+            int first = blk * perBlock, last = Math.min(count, first + perBlock);
+            if (last > first) {
+                gramUpdate(partial[blk], rows, first, last - first, r);
+            }
+        });
+        for (int blk = 1; blk < blocks; blk++) {
+            for (int i = 0; i < r * r; i++) {
+                partial[0][i] += partial[blk][i];
+            }
+        }
+        return partial[0];
     }
 
     // ---- tiling and the split across cores ----------------------------------------------------

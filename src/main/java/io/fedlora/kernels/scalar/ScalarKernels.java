@@ -79,11 +79,15 @@ public final class ScalarKernels extends CpuKernels {
     }
 
     @Override
-    protected double dot(float[] x, int xOff, float[] y, int yOff, int n) {
-        double s = 0;
-        for (int t = 0; t < n; t++) {
-            s += (double) x[xOff + t] * y[yOff + t];
+    protected void gramUpdate(double[] gram, float[] rows, int first, int count, int r) {
+        for (int row = first; row < first + count; row++) {
+            int x = row * r;
+            for (int i = 0; i < r; i++) {
+                double xi = rows[x + i];
+                for (int j = 0; j < r; j++) {
+                    gram[i * r + j] += xi * rows[x + j];
+                }
+            }
         }
-        return s;
     }
 }

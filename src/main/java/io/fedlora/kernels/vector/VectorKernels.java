@@ -33,6 +33,9 @@ public final class VectorKernels extends CpuKernels {
             VectorSpecies.of(int.class, VectorShape.forBitSize(FLOATS.vectorBitSize()));
     private static final ByteOrder LE = ByteOrder.LITTLE_ENDIAN;
     private static final ValueLayout.OfFloat FLOAT_LE = ValueLayout.JAVA_FLOAT_UNALIGNED.withOrder(LE);
+    private static final ValueLayout.OfShort SHORT_LE = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(LE);
+    private static final short BF16_EXPONENT = 0x7f80;
+    private static final short F16_EXPONENT = 0x7c00;
     /** 2^112 = 2^(127 - 15): rebiases a float16 exponent that was shifted into float32 position. */
     private static final float F16_REBIAS = 0x1p112f;
 
@@ -60,17 +63,188 @@ public final class VectorKernels extends CpuKernels {
                 + threads() + " thread(s)";
     }
 
-    /** One float vector from element {@code index} of src, converted from its dtype. */
-    private static FloatVector loadVector(MemorySegment src, DType dtype, long index) {
-        return switch (dtype) {
-            case F32 -> FloatVector.fromMemorySegment(FLOATS, src, index * 4, LE);
-            case BF16 -> ((IntVector) ShortVector.fromMemorySegment(HALFS, src, index * 2, LE)
+    // The hot loops are float32 only and kept small: C2 must inline every Vector API call in them,
+    // or each vector becomes a heap object and the loop runs many times slower than scalar code.
+    // BF16 and F16 rows are first widened into a float32 scratch block that stays in L1.
+
+    /** Per-thread float32 scratch for widened 16-bit rows, one tile long. */
+    private static final int TILE_FLOATS = 8192;
+    private static final ThreadLocal<float[]> SCRATCH = ThreadLocal.withInitial(() -> new float[TILE_FLOATS]);
+
+    @Override
+    protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n, float w) {
+        if (dtype != DType.F32) {
+            axpyWidened(acc, accOff, accStride, src, dtype, srcOff, srcStride, rows, n, w);
+            return;
+        }
+        FloatVector weight = FloatVector.broadcast(FLOATS, w);
+        int bound = FLOATS.loopBound(n);
+        VectorMask<Float> tail = FLOATS.indexInRange(bound, n);
+        for (int i = 0; i < rows; i++) {
+            int a = accOff + i * accStride;
+            long x = (srcOff + i * srcStride) * 4;
+            int t = 0;
+            // Whole vectors: one fused multiply-add per lane.
+            for (; t < bound; t += LANES) {
+                FloatVector.fromMemorySegment(FLOATS, src, x + t * 4L, LE)
+                        .fma(weight, FloatVector.fromArray(FLOATS, acc, a + t)).intoArray(acc, a + t);
+            }
+            // The row's last, partial vector, masked: a B factor's rows (rank 5, 20, ...) are mostly this.
+            if (t < n) {
+                FloatVector.fromMemorySegment(FLOATS, src, x + t * 4L, LE, tail)
+                        .fma(weight, FloatVector.fromArray(FLOATS, acc, a + t, tail)).intoArray(acc, a + t, tail);
+            }
+        }
+    }
+
+    /** axpy of BF16/F16 rows: a block of rows widened into scratch, then the float32 loop on it. */
+    private void axpyWidened(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n, float w) {
+        float[] scratch = SCRATCH.get();
+        MemorySegment block = MemorySegment.ofArray(scratch);
+        if (n > TILE_FLOATS) {
+            for (int i = 0; i < rows; i++) {
+                for (int t = 0; t < n; t += TILE_FLOATS) {
+                    int len = Math.min(TILE_FLOATS, n - t);
+                    load(scratch, 0, len, src, dtype, srcOff + i * srcStride + t, 0, 1, len);
+                    axpy(acc, accOff + i * accStride + t, 0, block, DType.F32, 0, 0, 1, len, w);
+                }
+            }
+            return;
+        }
+        int rowsPerBlock = TILE_FLOATS / n;
+        for (int i = 0; i < rows; i += rowsPerBlock) {
+            int count = Math.min(rowsPerBlock, rows - i);
+            load(scratch, 0, n, src, dtype, srcOff + i * srcStride, srcStride, count, n);
+            axpy(acc, accOff + i * accStride, accStride, block, DType.F32, 0, n, count, n, w);
+        }
+    }
+
+    @Override
+    protected boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
+            float[] rowScale, int rowOff, float[] colScale, int colOff) {
+        // x - x is 0 for finite x and NaN for NaN or inf: summing it flags any non-finite result.
+        FloatVector check = FloatVector.zero(FLOATS);
+        boolean finite = true;
+        int bound = FLOATS.loopBound(n);
+        for (int i = 0; i < rows; i++) {
+            float rowFactor = rowScale == null ? 1f : rowScale[rowOff + i];
+            int o = off + i * stride;
+            int t = 0;
+            if (colScale == null) {
+                FloatVector factor = FloatVector.broadcast(FLOATS, rowFactor);
+                for (; t < bound; t += LANES) {
+                    FloatVector v = FloatVector.fromArray(FLOATS, in, o + t).mul(factor);
+                    v.intoArray(out, o + t);
+                    check = check.add(v.sub(v));
+                }
+            } else {
+                FloatVector row = FloatVector.broadcast(FLOATS, rowFactor);
+                for (; t < bound; t += LANES) {
+                    FloatVector factor = row.mul(FloatVector.fromArray(FLOATS, colScale, colOff + t));
+                    FloatVector v = FloatVector.fromArray(FLOATS, in, o + t).mul(factor);
+                    v.intoArray(out, o + t);
+                    check = check.add(v.sub(v));
+                }
+            }
+            for (; t < n; t++) {
+                float factor = colScale == null ? rowFactor : rowFactor * colScale[colOff + t];
+                float v = in[o + t] * factor;
+                out[o + t] = v;
+                finite &= Float.isFinite(v);
+            }
+        }
+        return finite && check.reduceLanes(VectorOperators.ADD) == 0f;
+    }
+
+    @Override
+    protected boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
+        for (int i = 0; i < rows; i++) {
+            long x = srcOff + i * srcStride;
+            boolean ok = dtype == DType.F32 ? finiteF32(src, x, n)
+                    : finite16(src, x, n, dtype == DType.BF16 ? BF16_EXPONENT : F16_EXPONENT);
+            if (!ok) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    private static boolean finiteF32(MemorySegment src, long index, int n) {
+        FloatVector check = FloatVector.zero(FLOATS);
+        int bound = FLOATS.loopBound(n);
+        int t = 0;
+        for (; t < bound; t += LANES) {
+            FloatVector v = FloatVector.fromMemorySegment(FLOATS, src, (index + t) * 4, LE);
+            check = check.add(v.sub(v));
+        }
+        for (; t < n; t++) {
+            if (!Float.isFinite(src.get(FLOAT_LE, (index + t) * 4))) {
+                return false;
+            }
+        }
+        return check.reduceLanes(VectorOperators.ADD) == 0f;
+    }
+
+    /** A 16-bit float is NaN or infinite exactly when its exponent bits are all ones. */
+    private static boolean finite16(MemorySegment src, long index, int n, short exponent) {
+        VectorSpecies<Short> shorts = ShortVector.SPECIES_PREFERRED;
+        int bound = shorts.loopBound(n);
+        int t = 0;
+        for (; t < bound; t += shorts.length()) {
+            ShortVector bits = ShortVector.fromMemorySegment(shorts, src, (index + t) * 2, LE);
+            if (bits.and(exponent).compare(VectorOperators.EQ, exponent).anyTrue()) {
+                return false;
+            }
+        }
+        for (; t < n; t++) {
+            if ((src.get(SHORT_LE, (index + t) * 2) & exponent) == exponent) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    @Override
+    protected void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n) {
+        for (int i = 0; i < rows; i++) {
+            int o = outOff + i * outStride;
+            long x = srcOff + i * srcStride;
+            switch (dtype) {
+                // A bulk copy beats an explicit vector loop for plain float data.
+                case F32 -> MemorySegment.copy(src, FLOAT_LE, x * 4, out, o, n);
+                case BF16 -> widenBf16(out, o, src, x, n);
+                case F16 -> widenF16(out, o, src, x, n);
+            }
+        }
+    }
+
+    /** bfloat16 is the top half of a float32: widen to int, shift up 16 bits. */
+    private static void widenBf16(float[] out, int o, MemorySegment src, long index, int n) {
+        int bound = FLOATS.loopBound(n);
+        int t = 0;
+        for (; t < bound; t += LANES) {
+            ((IntVector) ShortVector.fromMemorySegment(HALFS, src, (index + t) * 2, LE)
                     .convertShape(VectorOperators.S2I, INTS, 0))
-                    .lanewise(VectorOperators.LSHL, 16)
-                    .reinterpretAsFloats();
-            case F16 -> f16ToFloat((IntVector) ShortVector.fromMemorySegment(HALFS, src, index * 2, LE)
-                    .convertShape(VectorOperators.S2I, INTS, 0));
-        };
+                    .lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().intoArray(out, o + t);
+        }
+        for (; t < n; t++) {
+            out[o + t] = DType.bf16ToFloat(src.get(SHORT_LE, (index + t) * 2));
+        }
+    }
+
+    private static void widenF16(float[] out, int o, MemorySegment src, long index, int n) {
+        int bound = FLOATS.loopBound(n);
+        int t = 0;
+        for (; t < bound; t += LANES) {
+            f16ToFloat((IntVector) ShortVector.fromMemorySegment(HALFS, src, (index + t) * 2, LE)
+                    .convertShape(VectorOperators.S2I, INTS, 0)).intoArray(out, o + t);
+        }
+        for (; t < n; t++) {
+            out[o + t] = Float.float16ToFloat(src.get(SHORT_LE, (index + t) * 2));
+        }
     }
 
     /**
@@ -88,140 +262,35 @@ public final class VectorKernels extends CpuKernels {
         return value.reinterpretAsInts().or(sign).reinterpretAsFloats();
     }
 
-    /** The lanes of a row's last, partial vector: the first {@code n % LANES}. */
-    private static VectorMask<Float> tail(int n) {
-        return FLOATS.indexInRange(FLOATS.loopBound(n), n);
-    }
-
-    /** {@link #loadVector} for the lanes in {@code mask} only; the others read nothing and are zero. */
-    private static FloatVector loadVector(MemorySegment src, DType dtype, long index, VectorMask<Float> mask) {
-        return switch (dtype) {
-            case F32 -> FloatVector.fromMemorySegment(FLOATS, src, index * 4, LE, mask);
-            case BF16 -> ((IntVector) ShortVector.fromMemorySegment(HALFS, src, index * 2, LE, mask.cast(HALFS))
-                    .convertShape(VectorOperators.S2I, INTS, 0))
-                    .lanewise(VectorOperators.LSHL, 16)
-                    .reinterpretAsFloats();
-            case F16 -> f16ToFloat((IntVector) ShortVector.fromMemorySegment(HALFS, src, index * 2, LE, mask.cast(HALFS))
-                    .convertShape(VectorOperators.S2I, INTS, 0));
-        };
-    }
+    /** Rows summed in float32 before each block is added into the double Gram: keeps the error near 1e-7. */
+    private static final int GRAM_BLOCK = 256;
 
     @Override
-    protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
-            long srcStride, int rows, int n, float w) {
-        FloatVector weight = FloatVector.broadcast(FLOATS, w);
-        int bound = FLOATS.loopBound(n);
-        VectorMask<Float> tail = tail(n);
-        for (int i = 0; i < rows; i++) {
-            int a = accOff + i * accStride;
-            long x = srcOff + i * srcStride;
-            // Whole vectors: one fused multiply-add per lane (F32 apart: the common case, no conversion).
-            int t = 0;
-            if (dtype == DType.F32) {
-                for (; t < bound; t += LANES) {
-                    FloatVector v = FloatVector.fromMemorySegment(FLOATS, src, (x + t) * 4, LE);
-                    v.fma(weight, FloatVector.fromArray(FLOATS, acc, a + t)).intoArray(acc, a + t);
-                }
-            } else {
-                for (; t < bound; t += LANES) {
-                    loadVector(src, dtype, x + t).fma(weight, FloatVector.fromArray(FLOATS, acc, a + t))
-                            .intoArray(acc, a + t);
+    protected void gramUpdate(double[] gram, float[] rows, int first, int count, int r) {
+        float[] block = new float[r * r];
+        int bound = FLOATS.loopBound(r);
+        for (int start = first; start < first + count; start += GRAM_BLOCK) {
+            java.util.Arrays.fill(block, 0f);
+            int end = Math.min(first + count, start + GRAM_BLOCK);
+            for (int row = start; row < end; row++) {
+                int x = row * r;
+                for (int i = 0; i < r; i++) {
+                    // Row i of the outer product: x[i] times the whole row, one vector at a time.
+                    FloatVector xi = FloatVector.broadcast(FLOATS, rows[x + i]);
+                    int g = i * r;
+                    int j = 0;
+                    for (; j < bound; j += LANES) {
+                        FloatVector.fromArray(FLOATS, rows, x + j).fma(xi, FloatVector.fromArray(FLOATS, block, g + j))
+                                .intoArray(block, g + j);
+                    }
+                    for (; j < r; j++) {
+                        block[g + j] = Math.fma(rows[x + i], rows[x + j], block[g + j]);
+                    }
                 }
             }
-            // The row's tail, masked: B factors' rows (rank 5, 20, ...) are mostly tail.
-            if (t < n) {
-                loadVector(src, dtype, x + t, tail).fma(weight, FloatVector.fromArray(FLOATS, acc, a + t, tail))
-                        .intoArray(acc, a + t, tail);
+            for (int i = 0; i < block.length; i++) {
+                gram[i] += block[i];
             }
         }
-    }
-
-    @Override
-    protected boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
-            float[] rowScale, int rowOff, float[] colScale, int colOff) {
-        // x - x is 0 for finite x and NaN for NaN or inf: summing it flags any non-finite result.
-        FloatVector check = FloatVector.zero(FLOATS);
-        int bound = FLOATS.loopBound(n);
-        VectorMask<Float> tail = tail(n);
-        for (int i = 0; i < rows; i++) {
-            FloatVector row = FloatVector.broadcast(FLOATS, rowScale == null ? 1f : rowScale[rowOff + i]);
-            int o = off + i * stride;
-            int t = 0;
-            for (; t < bound; t += LANES) {
-                FloatVector factor = colScale == null ? row : row.mul(FloatVector.fromArray(FLOATS, colScale, colOff + t));
-                FloatVector v = FloatVector.fromArray(FLOATS, in, o + t).mul(factor);
-                v.intoArray(out, o + t);
-                check = check.add(v.sub(v));
-            }
-            if (t < n) {
-                FloatVector factor = colScale == null ? row : row.mul(FloatVector.fromArray(FLOATS, colScale, colOff + t, tail));
-                FloatVector v = FloatVector.fromArray(FLOATS, in, o + t, tail).mul(factor);
-                v.intoArray(out, o + t, tail);
-                check = check.add(v.sub(v)); // masked-off lanes are 0 * factor: finite
-            }
-        }
-        return check.reduceLanes(VectorOperators.ADD) == 0f;
-    }
-
-    @Override
-    protected boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
-        FloatVector check = FloatVector.zero(FLOATS);
-        int bound = FLOATS.loopBound(n);
-        VectorMask<Float> tail = tail(n);
-        for (int i = 0; i < rows; i++) {
-            long x = srcOff + i * srcStride;
-            int t = 0;
-            for (; t < bound; t += LANES) {
-                FloatVector v = loadVector(src, dtype, x + t);
-                check = check.add(v.sub(v));
-            }
-            if (t < n) {
-                FloatVector v = loadVector(src, dtype, x + t, tail);
-                check = check.add(v.sub(v));
-            }
-        }
-        return check.reduceLanes(VectorOperators.ADD) == 0f;
-    }
-
-    @Override
-    protected void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
-            long srcStride, int rows, int n) {
-        int bound = FLOATS.loopBound(n);
-        VectorMask<Float> tail = tail(n);
-        for (int i = 0; i < rows; i++) {
-            int o = outOff + i * outStride;
-            long x = srcOff + i * srcStride;
-            if (dtype == DType.F32) {
-                // A bulk copy beats an explicit vector loop for plain float data.
-                MemorySegment.copy(src, FLOAT_LE, x * 4, out, o, n);
-                continue;
-            }
-            int t = 0;
-            for (; t < bound; t += LANES) {
-                loadVector(src, dtype, x + t).intoArray(out, o + t);
-            }
-            if (t < n) {
-                loadVector(src, dtype, x + t, tail).intoArray(out, o + t, tail);
-            }
-        }
-    }
-
-    @Override
-    protected double dot(float[] x, int xOff, float[] y, int yOff, int n) {
-        // Float lanes, summed in double at the end: n / LANES terms per lane keeps the error near 1e-7.
-        FloatVector sum = FloatVector.zero(FLOATS);
-        int t = 0;
-        int bound = FLOATS.loopBound(n);
-        for (; t < bound; t += LANES) {
-            sum = FloatVector.fromArray(FLOATS, x, xOff + t).fma(FloatVector.fromArray(FLOATS, y, yOff + t), sum);
-        }
-        double s = 0;
-        for (int lane = 0; lane < LANES; lane++) {
-            s += sum.lane(lane);
-        }
-        for (; t < n; t++) {
-            s += (double) x[xOff + t] * y[yOff + t];
-        }
-        return s;
     }
 }

@@ -1,0 +1,73 @@
+package io.fedlora.cli;
+
+import io.fedlora.Aggregator;
+import io.fedlora.DType;
+import io.fedlora.Tensor;
+import io.fedlora.io.InvalidFileException;
+import io.fedlora.io.PeftAdapter;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.concurrent.Callable;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.ParameterException;
+import picocli.CommandLine.Parameters;
+import picocli.CommandLine.ParentCommand;
+import picocli.CommandLine.Spec;
+import picocli.CommandLine.Model.CommandSpec;
+
+/**
+ * {@code fedlora truncate}: the download step of DESIGN §2, the first {@code r} rows of each A and
+ * columns of each B of a global adapter, for a client of rank {@code r}.
+ */
+@Command(name = "truncate", mixinStandardHelpOptions = true,
+        description = "Cut a global adapter to rank r for a client (first r components of every module).")
+final class TruncateCommand implements Callable<Integer> {
+
+    @ParentCommand
+    Main main;
+
+    @Spec
+    CommandSpec spec;
+
+    @Option(names = "--rank", required = true, paramLabel = "r", description = "The client's rank.")
+    int rank;
+
+    @Option(names = "--dtype", paramLabel = "f32|bf16|f16", converter = Options.DTypeConverter.class,
+            description = "Element type of the output (default: that of the input).")
+    DType dtype;
+
+    @Option(names = {"-o", "--output"}, required = true, paramLabel = "OUT_DIR",
+            description = "Output PEFT adapter directory.")
+    Path output;
+
+    @Parameters(index = "0", paramLabel = "GLOBAL", description = "Global adapter: PEFT directory or .safetensors file.")
+    Path global;
+
+    @Override
+    public Integer call() throws IOException {
+        if (rank < 1) {
+            throw new ParameterException(spec.commandLine(), "--rank must be at least 1");
+        }
+        try (PeftAdapter adapter = PeftAdapter.open(global)) {
+            Map<String, Tensor> input = adapter.tensors();
+            Map<String, Tensor> cut;
+            try {
+                cut = Aggregator.truncate(input, rank);
+            } catch (IllegalArgumentException e) {
+                throw new InvalidFileException(global.toString(), e.getMessage(), e);
+            }
+            // Truncation is a pure copy: keep each tensor's own dtype unless asked otherwise.
+            Map<String, Tensor> typed = new LinkedHashMap<>();
+            cut.forEach((key, t) -> {
+                Tensor in = input.get(key);
+                typed.put(key, dtype != null || in == null ? t : t.to(in.dtype()));
+            });
+            PeftAdapter.write(output, typed, dtype, adapter.config(), adapter.metadata(), rank);
+        }
+        main.out.println(output + ": rank " + rank + " cut of " + global);
+        return Main.OK;
+    }
+}

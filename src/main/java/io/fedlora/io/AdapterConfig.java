@@ -1,0 +1,311 @@
+package io.fedlora.io;
+
+import com.fasterxml.jackson.core.JacksonException;
+import com.fasterxml.jackson.core.JsonFactory;
+import com.fasterxml.jackson.core.JsonGenerator;
+import com.fasterxml.jackson.core.JsonParser;
+import com.fasterxml.jackson.core.JsonToken;
+import com.fasterxml.jackson.core.StreamReadFeature;
+import io.fedlora.LoraScale;
+import java.io.IOException;
+import java.io.StringWriter;
+import java.math.BigInteger;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.regex.Pattern;
+import java.util.regex.PatternSyntaxException;
+
+/**
+ * A PEFT {@code adapter_config.json}: the whole JSON object (kept, so that an output adapter
+ * can carry everything the first client's config said) and the fields fedlora uses, with
+ * PEFT's defaults ({@code r = 8}, {@code lora_alpha = 8}, {@code use_rslora = false}).
+ *
+ * <p>The JSON is held as plain maps and lists ({@code String}, {@code Boolean}, {@code null},
+ * {@code Long}/{@code BigInteger}/{@code Double}, {@code List}, {@code Map}) read with
+ * jackson-core's streaming parser: jackson-databind's start-up alone costs a command-line run
+ * a few hundred milliseconds.
+ *
+ * <p>Pattern keys ({@code rank_pattern}, {@code alpha_pattern}) are matched as PEFT matches them:
+ * key {@code k} applies to module {@code m} when {@code m} matches the regular expression
+ * {@code (.*\.)?(k)$}, where {@code m} is the module's name in the base model, i.e. the
+ * safetensors key without the {@code base_model.model.} prefix and the factor suffix.
+ */
+public final class AdapterConfig {
+
+    private static final JsonFactory JSON = JsonFactory.builder()
+            .enable(StreamReadFeature.STRICT_DUPLICATE_DETECTION)
+            .build();
+
+    private final Map<String, Object> json;
+    private final int r;
+    private final double loraAlpha;
+    private final boolean useRslora;
+    private final Map<String, Integer> rankPattern;
+    private final Map<String, Double> alphaPattern;
+    private final Map<String, Pattern> alphaRegex;
+
+    private AdapterConfig(Map<String, Object> json, String source) throws InvalidFileException {
+        this.json = json;
+        this.r = json.get("r") != null ? positiveInt(json.get("r"), "r", source) : 8;
+        this.loraAlpha = json.get("lora_alpha") != null ? number(json.get("lora_alpha"), "lora_alpha", source) : 8;
+        Object rs = json.get("use_rslora");
+        if (rs != null && !(rs instanceof Boolean)) {
+            throw new InvalidFileException(source, "use_rslora is not true or false");
+        }
+        this.useRslora = Boolean.TRUE.equals(rs);
+        this.rankPattern = new LinkedHashMap<>();
+        for (var e : patternEntries(json, "rank_pattern", source).entrySet()) {
+            rankPattern.put(e.getKey(), positiveInt(e.getValue(), "rank_pattern['" + e.getKey() + "']", source));
+        }
+        this.alphaPattern = new LinkedHashMap<>();
+        this.alphaRegex = new LinkedHashMap<>();
+        for (var e : patternEntries(json, "alpha_pattern", source).entrySet()) {
+            String key = e.getKey();
+            alphaPattern.put(key, number(e.getValue(), "alpha_pattern['" + key + "']", source));
+            try {
+                alphaRegex.put(key, Pattern.compile("(.*\\.)?(" + key + ")$"));
+            } catch (PatternSyntaxException bad) {
+                throw new InvalidFileException(source, "alpha_pattern key '" + key + "' is not a valid regular expression");
+            }
+        }
+    }
+
+    /** Reads and checks a config file. */
+    public static AdapterConfig read(Path file) throws InvalidFileException {
+        String source = file.toString();
+        Object value;
+        try (JsonParser p = JSON.createParser(Files.readString(file))) {
+            value = readValue(p, p.nextToken());
+            if (p.nextToken() != null) {
+                throw new InvalidFileException(source, "invalid JSON: data after the closing '}'");
+            }
+        } catch (JacksonException e) {
+            String first = e.getOriginalMessage() == null ? "" : e.getOriginalMessage().lines().findFirst().orElse("");
+            throw new InvalidFileException(source, "invalid JSON: " + first, e);
+        } catch (NoSuchFileException e) {
+            throw new InvalidFileException(source, "no such file", e);
+        } catch (InvalidFileException e) {
+            throw e;
+        } catch (IOException e) {
+            throw new InvalidFileException(source, "cannot read: " + e.getMessage(), e);
+        }
+        if (!(value instanceof Map<?, ?> object)) {
+            throw new InvalidFileException(source, "is not a JSON object");
+        }
+        @SuppressWarnings("unchecked")
+        Map<String, Object> json = (Map<String, Object>) object;
+        return new AdapterConfig(json, source);
+    }
+
+    /** One JSON value, starting at {@code token}, as maps, lists and boxed scalars. */
+    private static Object readValue(JsonParser p, JsonToken token) throws IOException {
+        if (token == null) {
+            throw new IOException("empty file");
+        }
+        return switch (token) {
+            case START_OBJECT -> {
+                Map<String, Object> object = new LinkedHashMap<>();
+                for (JsonToken t = p.nextToken(); t != JsonToken.END_OBJECT; t = p.nextToken()) {
+                    String name = p.currentName();
+                    object.put(name, readValue(p, p.nextToken()));
+                }
+                yield object;
+            }
+            case START_ARRAY -> {
+                List<Object> array = new ArrayList<>();
+                for (JsonToken t = p.nextToken(); t != JsonToken.END_ARRAY; t = p.nextToken()) {
+                    array.add(readValue(p, t));
+                }
+                yield array;
+            }
+            case VALUE_STRING -> p.getText();
+            case VALUE_NUMBER_INT -> p.getNumberType() == JsonParser.NumberType.BIG_INTEGER
+                    ? p.getBigIntegerValue() : (Object) p.getLongValue();
+            case VALUE_NUMBER_FLOAT -> p.getDoubleValue();
+            case VALUE_TRUE -> Boolean.TRUE;
+            case VALUE_FALSE -> Boolean.FALSE;
+            case VALUE_NULL -> null;
+            default -> throw new IOException("unexpected " + token);
+        };
+    }
+
+    /** A config over {@code json} (deep-copied), checked as if read from {@code source}. */
+    public static AdapterConfig of(Map<String, ?> json, String source) throws InvalidFileException {
+        return new AdapterConfig(copyObject(json), source);
+    }
+
+    /** A minimal LoRA config, for outputs whose inputs had none. */
+    public static AdapterConfig minimal(int r) {
+        Map<String, Object> json = new LinkedHashMap<>();
+        json.put("peft_type", "LORA");
+        json.put("r", (long) r);
+        try {
+            return new AdapterConfig(json, "<minimal config>");
+        } catch (InvalidFileException impossible) {
+            throw new AssertionError(impossible);
+        }
+    }
+
+    private static Map<String, Object> copyObject(Map<String, ?> object) {
+        Map<String, Object> copy = new LinkedHashMap<>();
+        object.forEach((k, v) -> copy.put(k, copyValue(v)));
+        return copy;
+    }
+
+    private static Object copyValue(Object value) {
+        if (value instanceof Map<?, ?> map) {
+            Map<String, Object> copy = new LinkedHashMap<>();
+            map.forEach((k, v) -> copy.put(String.valueOf(k), copyValue(v)));
+            return copy;
+        }
+        if (value instanceof List<?> list) {
+            List<Object> copy = new ArrayList<>();
+            list.forEach(v -> copy.add(copyValue(v)));
+            return copy;
+        }
+        return value;
+    }
+
+    private static Map<String, Object> patternEntries(Map<String, Object> json, String field, String source)
+            throws InvalidFileException {
+        Object node = json.get(field);
+        Map<String, Object> entries = new LinkedHashMap<>();
+        if (node == null) {
+            return entries;
+        }
+        if (!(node instanceof Map<?, ?> map)) {
+            throw new InvalidFileException(source, field + " is not a JSON object");
+        }
+        map.forEach((k, v) -> entries.put(String.valueOf(k), v));
+        return entries;
+    }
+
+    private static int positiveInt(Object value, String what, String source) throws InvalidFileException {
+        boolean integral = value instanceof Long || value instanceof Integer || value instanceof BigInteger;
+        if (!integral || ((Number) value).doubleValue() < 1 || ((Number) value).doubleValue() > Integer.MAX_VALUE) {
+            throw new InvalidFileException(source, what + " is not a positive integer");
+        }
+        return ((Number) value).intValue();
+    }
+
+    private static double number(Object value, String what, String source) throws InvalidFileException {
+        if (!(value instanceof Number n) || !Double.isFinite(n.doubleValue())) {
+            throw new InvalidFileException(source, what + " is not a finite number");
+        }
+        return n.doubleValue();
+    }
+
+    /** The whole JSON object (a deep copy). */
+    public Map<String, Object> json() {
+        return copyObject(json);
+    }
+
+    /** The default rank {@code r}. */
+    public int r() {
+        return r;
+    }
+
+    public double loraAlpha() {
+        return loraAlpha;
+    }
+
+    public boolean useRslora() {
+        return useRslora;
+    }
+
+    /** Per-module ranks that differ from {@code r}, as the file gives them. */
+    public Map<String, Integer> rankPattern() {
+        return Collections.unmodifiableMap(rankPattern);
+    }
+
+    /** Per-module alphas that differ from {@code lora_alpha}. */
+    public Map<String, Double> alphaPattern() {
+        return Collections.unmodifiableMap(alphaPattern);
+    }
+
+    /** {@code lora_alpha} for a module (base-model name), after {@code alpha_pattern}. */
+    public double alphaFor(String moduleName) {
+        for (var e : alphaRegex.entrySet()) {
+            if (e.getValue().matcher(moduleName).matches()) {
+                return alphaPattern.get(e.getKey());
+            }
+        }
+        return loraAlpha;
+    }
+
+    /**
+     * PEFT's scale for a module of rank {@code rank}: {@code alpha / rank}, or
+     * {@code alpha / sqrt(rank)} with rsLoRA. The module is the facade's module key (the
+     * safetensors prefix), from which the {@code base_model.model.} prefix is stripped.
+     */
+    public LoraScale scale() {
+        return (module, rank) -> alphaFor(PeftAdapter.baseModelName(module))
+                / (useRslora ? Math.sqrt(rank) : rank);
+    }
+
+    /**
+     * This config with {@code r = globalRank} and {@code rank_pattern} replaced by the modules
+     * (base-model names) whose rank differs from it; every other field is kept.
+     */
+    public AdapterConfig withRanks(int globalRank, Map<String, Integer> moduleRanks) {
+        Map<String, Object> out = copyObject(json);
+        out.put("r", (long) globalRank);
+        Map<String, Object> pattern = new LinkedHashMap<>();
+        moduleRanks.forEach((module, rank) -> {
+            if (rank != globalRank) {
+                pattern.put(module, (long) rank);
+            }
+        });
+        out.put("rank_pattern", pattern);
+        try {
+            return new AdapterConfig(out, "<output config>");
+        } catch (InvalidFileException e) {
+            throw new IllegalArgumentException(e.getMessage(), e);
+        }
+    }
+
+    /** The JSON text, indented, as PEFT writes it. */
+    public String toJson() {
+        StringWriter text = new StringWriter();
+        try (JsonGenerator g = JSON.createGenerator(text).useDefaultPrettyPrinter()) {
+            writeValue(g, json);
+        } catch (IOException e) {
+            throw new IllegalStateException(e);
+        }
+        return text + "\n";
+    }
+
+    private static void writeValue(JsonGenerator g, Object value) throws IOException {
+        switch (value) {
+            case null -> g.writeNull();
+            case Map<?, ?> map -> {
+                g.writeStartObject();
+                for (var e : map.entrySet()) {
+                    g.writeFieldName(String.valueOf(e.getKey()));
+                    writeValue(g, e.getValue());
+                }
+                g.writeEndObject();
+            }
+            case List<?> list -> {
+                g.writeStartArray();
+                for (Object v : list) {
+                    writeValue(g, v);
+                }
+                g.writeEndArray();
+            }
+            case String text -> g.writeString(text);
+            case Boolean b -> g.writeBoolean(b);
+            case Long l -> g.writeNumber(l);
+            case Integer i -> g.writeNumber(i);
+            case BigInteger big -> g.writeNumber(big);
+            case Number n -> g.writeNumber(n.doubleValue());
+            default -> g.writeString(value.toString());
+        }
+    }
+}
