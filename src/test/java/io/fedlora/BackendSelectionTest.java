@@ -8,10 +8,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.fedlora.kernels.Backends;
 import io.fedlora.kernels.Kernels;
 import java.io.IOException;
-import java.nio.charset.StandardCharsets;
-import java.util.ArrayList;
 import java.util.List;
-import java.util.concurrent.TimeUnit;
+import java.util.Map;
 import org.junit.jupiter.api.Test;
 
 /** The backend chosen is the one expected: a silent fallback fails here. */
@@ -46,26 +44,14 @@ class BackendSelectionTest {
         assertTrue(probes.get(2).available(), "scalar always runs");
     }
 
-    /** Runs ProbeMain in a fresh JVM without the Vector module, so the lookup must fall back or fail. */
-    static Result child(String... extraArgs) throws IOException, InterruptedException {
-        String java = ProcessHandle.current().info().command().orElseThrow();
-        List<String> cmd = new ArrayList<>(List.of(java, "-cp", System.getProperty("java.class.path")));
-        cmd.addAll(List.of(extraArgs));
-        cmd.add(ProbeMain.class.getName());
-        ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
-        pb.environment().remove(Backends.ENVIRONMENT);
-        Process p = pb.start();
-        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        assertTrue(p.waitFor(60, TimeUnit.SECONDS));
-        return new Result(p.exitValue(), out);
-    }
-
-    record Result(int exit, String output) {
+    /** ProbeMain in a fresh JVM without the Vector module, so the lookup must fall back or fail. */
+    static ChildJvm.Result child(String... jvmArgs) throws IOException, InterruptedException {
+        return ChildJvm.run(ProbeMain.class, List.of(jvmArgs), Map.of());
     }
 
     @Test
     void withoutTheVectorModuleAutoFallsBackAndSaysWhy() throws Exception {
-        Result r = child("-Dfedlora.backend=auto");
+        ChildJvm.Result r = child("-Dfedlora.backend=auto");
         assertEquals(0, r.exit(), r.output());
         assertTrue(!r.output().contains("chosen=vector"), r.output());
         // CUDA (the emulator, or a real GPU) may come first; otherwise scalar, with the reason vector was skipped.
@@ -78,7 +64,7 @@ class BackendSelectionTest {
 
     @Test
     void aForcedBackendThatCannotRunIsAnError() throws Exception {
-        Result r = child("-Dfedlora.backend=vector");
+        ChildJvm.Result r = child("-Dfedlora.backend=vector");
         assertEquals(3, r.exit(), r.output());
         assertTrue(r.output().contains("backend 'vector' was requested but cannot run here"), r.output());
     }

@@ -5,14 +5,12 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeFalse;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
+import io.fedlora.ChildJvm;
 import java.io.IOException;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -21,28 +19,10 @@ import org.junit.jupiter.api.Test;
  */
 class CudaChildProcessTest {
 
-    record Result(int exit, String output) {
-    }
-
     /** Runs EmulatorChild with the given environment changes (null value: remove the variable). */
-    static Result child(Map<String, String> environment, String mode) throws IOException, InterruptedException {
-        String java = ProcessHandle.current().info().command().orElseThrow();
-        List<String> command = new ArrayList<>(List.of(java, "--add-modules", "jdk.incubator.vector",
-                "--enable-native-access=ALL-UNNAMED", "-cp", System.getProperty("java.class.path"),
-                EmulatorChild.class.getName(), mode));
-        ProcessBuilder builder = new ProcessBuilder(command).redirectErrorStream(true);
-        builder.environment().remove("FEDLORA_BACKEND");
-        environment.forEach((name, value) -> {
-            if (value == null) {
-                builder.environment().remove(name);
-            } else {
-                builder.environment().put(name, value);
-            }
-        });
-        Process process = builder.start();
-        String output = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        assertTrue(process.waitFor(120, TimeUnit.SECONDS), "child timed out:\n" + output);
-        return new Result(process.exitValue(), output);
+    static ChildJvm.Result child(Map<String, String> environment, String mode) throws IOException, InterruptedException {
+        return ChildJvm.run(EmulatorChild.class, List.of("--add-modules", "jdk.incubator.vector",
+                "--enable-native-access=ALL-UNNAMED"), environment, mode);
     }
 
     /** The emulator, as the build puts it on the library path. */
@@ -68,7 +48,7 @@ class CudaChildProcessTest {
     @Test
     void withoutADriverAutoPicksVectorAndSaysWhyAndForcedCudaFails() throws Exception {
         assumeFalse(realDriverInstalled(), "a real CUDA driver is installed; cannot run without one");
-        Result r = child(Map.of("LD_LIBRARY_PATH", ""), "backends");
+        ChildJvm.Result r = child(Map.of("LD_LIBRARY_PATH", ""), "backends");
         assertEquals(0, r.exit(), r.output());
         assertTrue(r.output().contains("chosen=vector"), r.output());
         // Backends' one log line names the reason CUDA was skipped.
@@ -80,7 +60,7 @@ class CudaChildProcessTest {
     @Test
     void aSmallDeviceComputesInChunksWithTheSameResults() throws Exception {
         assumeTrue(emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
-        Result r = child(Map.of("FEDLORA_EMU_MEMORY", "64K", "FEDLORA_EMU_QUIET", "1"), "chunked");
+        ChildJvm.Result r = child(Map.of("FEDLORA_EMU_MEMORY", "64K", "FEDLORA_EMU_QUIET", "1"), "chunked");
         assertEquals(0, r.exit(), r.output());
         assertTrue(r.output().contains("staging 4 KiB x 3"), "the slots must follow the small device:\n" + r.output());
         assertTrue(r.output().contains("too big: CUDA device out of memory: an accumulator of 1000 x 1000 needs 4000000 bytes"),
@@ -90,7 +70,7 @@ class CudaChildProcessTest {
     @Test
     void aDeviceTooSmallForAnythingIsAClearErrorAndAutoFallsBack() throws Exception {
         assumeTrue(emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
-        Result r = child(Map.of("FEDLORA_EMU_MEMORY", "16K"), "backends");
+        ChildJvm.Result r = child(Map.of("FEDLORA_EMU_MEMORY", "16K"), "backends");
         assertEquals(0, r.exit(), r.output());
         assertTrue(r.output().contains("chosen=vector"), r.output());
         assertTrue(r.output().contains("forced failed: backend 'cuda' was requested but cannot run here: "
