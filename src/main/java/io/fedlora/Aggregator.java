@@ -367,11 +367,20 @@ public final class Aggregator implements AutoCloseable {
             if (donor.rank() != 2 || donor.dim(0) != outRows || donor.dim(1) != outCols) {
                 throw new IllegalArgumentException("donor must be [" + outRows + ", " + outCols + "], got " + donor);
             }
-            donorValues = donor.toFloatArray();
+            donorValues = heapFloats(donor);
         }
         float[] values = new float[Math.multiplyExact(outRows, outCols)];
         kernels.pad(values, outRows, outCols, Matrix.dense(factor.data(), factor.dtype(), rows, cols), donorValues);
         return Tensor.of(values, outRows, outCols);
+    }
+
+    /** The float[] behind a float32 heap tensor (read in place), or a float32 copy of any other tensor. */
+    private static float[] heapFloats(Tensor t) {
+        if (t.dtype() == DType.F32 && t.data().heapBase().orElse(null) instanceof float[] values
+                && values.length == t.elementCount()) {
+            return values;
+        }
+        return t.toFloatArray();
     }
 
     /** Releases the backend if this aggregator created it (a named backend or thread count). */
