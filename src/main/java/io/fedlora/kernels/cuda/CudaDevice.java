@@ -121,9 +121,15 @@ final class CudaDevice implements AutoCloseable {
         }
 
         private static String describe(Throwable failure) {
+            // One line: JCuda's loader error spans dozens of lines of nested stack traces, of which
+            // the first line and the dynamic linker's own complaint are what a reader needs.
             StringBuilder chain = new StringBuilder();
             for (Throwable t = failure; t != null; t = t.getCause()) {
-                chain.append(chain.isEmpty() ? "" : "; caused by ").append(t);
+                String full = String.valueOf(t);
+                chain.append(chain.isEmpty() ? "" : "; caused by ").append(full.lines().findFirst().orElse(""));
+                full.lines().filter(line -> line.contains("cannot open shared object file")).findFirst()
+                        .ifPresent(line -> chain.append(": ").append(line.substring(line.lastIndexOf(": ", line.indexOf("cannot")
+                                - 3) + 2).trim()));
             }
             String text = chain.toString();
             if (text.contains("libcuda.so")) {
