@@ -43,10 +43,12 @@ public abstract class CpuKernels implements Kernels {
 
     /**
      * {@code acc[accOff + i * accStride + t] = fma(w, src[srcOff + i * srcStride + t], acc[...])} for
-     * {@code i < rows, t < n}; src offsets count elements.
+     * {@code i < rows, t < n}; src offsets count elements. Elements of acc below {@code writableEnd}
+     * outside those runs belong to the calling thread too: a backend may rewrite them with their own
+     * value (a whole-vector store past a short row), never change them. -1: no such elements.
      */
     protected abstract void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
-            long srcStride, int rows, int n, float w);
+            long srcStride, int rows, int n, float w, int writableEnd);
 
     /**
      * {@code v[off + i * stride + t] = in[...] * (rowScale[rowOff + i] * colScale[colOff + t])}, written to
@@ -85,8 +87,9 @@ public abstract class CpuKernels implements Kernels {
             for (int i = r0; i < r1; i++) {
                 Arrays.fill(out, i * cols + c0, i * cols + c1, 0f);
             }
+            int writableEnd = tiling.ownedEnd(tile, out.length);
             for (int k = 0; k < sources.length; k++) {
-                addTile(out, cols, r0, r1, c0, c1, sources[k], weights[k]);
+                addTile(out, cols, r0, r1, c0, c1, sources[k], weights[k], writableEnd);
             }
             if (!scale(out, out, r0 * cols + c0, cols, r1 - r0, c1 - c0, rowScale, r0, colScale, c0)) {
                 // A non-finite input always leaves a non-finite sum (fma with NaN or inf, even with
@@ -112,7 +115,7 @@ public abstract class CpuKernels implements Kernels {
     }
 
     /** sums[r0..r1, c0..c1) += w * src over the part of the tile inside src; one run when both are contiguous. */
-    private void addTile(float[] sums, int cols, int r0, int r1, int c0, int c1, Matrix src, float w) {
+    private void addTile(float[] sums, int cols, int r0, int r1, int c0, int c1, Matrix src, float w, int writableEnd) {
         int re = Math.min(r1, src.rows());
         int ce = Math.min(c1, src.cols());
         if (re <= r0 || ce <= c0) {
@@ -120,9 +123,10 @@ public abstract class CpuKernels implements Kernels {
         }
         long srcOff = src.offset() + (long) r0 * src.rowStride() + c0;
         if (c0 == 0 && ce == cols && src.rowStride() == cols) {
-            axpy(sums, r0 * cols, 0, src.data(), src.dtype(), srcOff, 0, 1, (re - r0) * cols, w);
+            axpy(sums, r0 * cols, 0, src.data(), src.dtype(), srcOff, 0, 1, (re - r0) * cols, w, writableEnd);
         } else {
-            axpy(sums, r0 * cols + c0, cols, src.data(), src.dtype(), srcOff, src.rowStride(), re - r0, ce - c0, w);
+            axpy(sums, r0 * cols + c0, cols, src.data(), src.dtype(), srcOff, src.rowStride(), re - r0, ce - c0, w,
+                    writableEnd);
         }
     }
 
@@ -202,15 +206,33 @@ public abstract class CpuKernels implements Kernels {
 
     /** Tiles of at most TILE elements: whole rows when rows are short (B factors), column chunks when long (A). */
     static final class Tiling {
-        final int rows, cols, colChunk, rowsPerTile, colTiles, tiles;
+        final int rows, cols, stride, colChunk, rowsPerTile, colTiles, tiles;
 
         Tiling(int rows, int cols) {
+            this(rows, cols, cols);
+        }
+
+        /** Tiles over the top-left rows x cols of an array whose rows are {@code stride} long. */
+        Tiling(int rows, int cols, int stride) {
             this.rows = rows;
             this.cols = cols;
+            this.stride = stride;
             this.colChunk = Math.max(1, Math.min(cols, TILE));
             this.rowsPerTile = Math.max(1, TILE / colChunk);
             this.colTiles = cols == 0 ? 0 : (cols + colChunk - 1) / colChunk;
             this.tiles = ((rows + rowsPerTile - 1) / rowsPerTile) * colTiles;
+        }
+
+        /**
+         * The end of what only tile t's thread writes in an array laid out as rows of {@code stride}:
+         * the end of its rows, or of the array for the last tile; -1 when rows are cut into column
+         * tiles (a neighbouring tile shares the row).
+         */
+        int ownedEnd(int t, int length) {
+            if (colTiles != 1) {
+                return -1;
+            }
+            return row1(t) == rows ? length : row1(t) * stride;
         }
 
         int row0(int t) { return (t / colTiles) * rowsPerTile; }
@@ -307,11 +329,12 @@ public abstract class CpuKernels implements Kernels {
 
         @Override
         public void add(Matrix src, float weight) {
-            Tiling tiling = new Tiling(Math.min(rows, src.rows()), Math.min(cols, src.cols()));
+            Tiling tiling = new Tiling(Math.min(rows, src.rows()), Math.min(cols, src.cols()), cols);
             float[] s = sums;
             int stride = cols;
+            // Rows past src's are not written by anyone in this call: the last tile owns them too.
             forEachTile(tiling, tile -> addTile(s, stride, tiling.row0(tile), tiling.row1(tile),
-                    tiling.col0(tile), tiling.col1(tile), src, weight));
+                    tiling.col0(tile), tiling.col1(tile), src, weight, tiling.ownedEnd(tile, s.length)));
         }
 
         @Override

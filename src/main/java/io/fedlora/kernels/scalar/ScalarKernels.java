@@ -30,7 +30,7 @@ public final class ScalarKernels extends CpuKernels {
 
     @Override
     protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
-            long srcStride, int rows, int n, float w) {
+            long srcStride, int rows, int n, float w, int writableEnd) {
         for (int i = 0; i < rows; i++) {
             int a = accOff + i * accStride;
             long x = srcOff + i * srcStride;

@@ -73,9 +73,13 @@ public final class VectorKernels extends CpuKernels {
 
     @Override
     protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
-            long srcStride, int rows, int n, float w) {
+            long srcStride, int rows, int n, float w, int writableEnd) {
         if (dtype != DType.F32) {
-            axpyWidened(acc, accOff, accStride, src, dtype, srcOff, srcStride, rows, n, w);
+            axpyWidened(acc, accOff, accStride, src, dtype, srcOff, srcStride, rows, n, w, writableEnd);
+            return;
+        }
+        if (n < 4 * LANES && rows > 1) {
+            axpyShortRows(acc, accOff, accStride, src, srcOff, srcStride, rows, n, w, writableEnd);
             return;
         }
         FloatVector weight = FloatVector.broadcast(FLOATS, w);
@@ -98,9 +102,55 @@ public final class VectorKernels extends CpuKernels {
         }
     }
 
+    /**
+     * Rows shorter than four vectors (B factors: rank 5, 20, 64, ...): straight-line code per row
+     * instead of an inner loop that runs once or twice (measured 1.6x faster on rank-36 rows).
+     * The partial vector at a row's end is read and written whole where that is safe: lanes past
+     * the run add w * 0 to sums this thread owns, leaving them as they were (a sum is never -0.0),
+     * since masked loads and stores cost several plain ones here (JDK 25, measured).
+     */
+    private static void axpyShortRows(float[] acc, int accOff, int accStride, MemorySegment src, long srcOff,
+            long srcStride, int rows, int n, float w, int writableEnd) {
+        FloatVector weight = FloatVector.broadcast(FLOATS, w);
+        FloatVector zero = FloatVector.zero(FLOATS);
+        int full = n / LANES;
+        int t = full * LANES;
+        VectorMask<Float> tail = FLOATS.indexInRange(t, n);
+        long srcBytes = src.byteSize();
+        for (int i = 0; i < rows; i++) {
+            int a = accOff + i * accStride;
+            long x = (srcOff + i * srcStride) * 4;
+            switch (full) {
+                case 3:
+                    FloatVector.fromMemorySegment(FLOATS, src, x + 8L * LANES, LE)
+                            .fma(weight, FloatVector.fromArray(FLOATS, acc, a + 2 * LANES)).intoArray(acc, a + 2 * LANES);
+                    // fall through
+                case 2:
+                    FloatVector.fromMemorySegment(FLOATS, src, x + 4L * LANES, LE)
+                            .fma(weight, FloatVector.fromArray(FLOATS, acc, a + LANES)).intoArray(acc, a + LANES);
+                    // fall through
+                case 1:
+                    FloatVector.fromMemorySegment(FLOATS, src, x, LE)
+                            .fma(weight, FloatVector.fromArray(FLOATS, acc, a)).intoArray(acc, a);
+                    // fall through
+                default:
+            }
+            if (t < n) {
+                long bytes = x + 4L * t;
+                if (a + t + LANES <= writableEnd && bytes + 4L * LANES <= srcBytes) {
+                    zero.blend(FloatVector.fromMemorySegment(FLOATS, src, bytes, LE), tail)
+                            .fma(weight, FloatVector.fromArray(FLOATS, acc, a + t)).intoArray(acc, a + t);
+                } else {
+                    FloatVector.fromMemorySegment(FLOATS, src, bytes, LE, tail)
+                            .fma(weight, FloatVector.fromArray(FLOATS, acc, a + t, tail)).intoArray(acc, a + t, tail);
+                }
+            }
+        }
+    }
+
     /** axpy of BF16/F16 rows: a block of rows widened into scratch, then the float32 loop on it. */
     private void axpyWidened(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
-            long srcStride, int rows, int n, float w) {
+            long srcStride, int rows, int n, float w, int writableEnd) {
         float[] scratch = SCRATCH.get();
         MemorySegment block = MemorySegment.ofArray(scratch);
         if (n > TILE_FLOATS) {
@@ -108,7 +158,7 @@ public final class VectorKernels extends CpuKernels {
                 for (int t = 0; t < n; t += TILE_FLOATS) {
                     int len = Math.min(TILE_FLOATS, n - t);
                     load(scratch, 0, len, src, dtype, srcOff + i * srcStride + t, 0, 1, len);
-                    axpy(acc, accOff + i * accStride + t, 0, block, DType.F32, 0, 0, 1, len, w);
+                    axpy(acc, accOff + i * accStride + t, 0, block, DType.F32, 0, 0, 1, len, w, writableEnd);
                 }
             }
             return;
@@ -117,7 +167,7 @@ public final class VectorKernels extends CpuKernels {
         for (int i = 0; i < rows; i += rowsPerBlock) {
             int count = Math.min(rowsPerBlock, rows - i);
             load(scratch, 0, n, src, dtype, srcOff + i * srcStride, srcStride, count, n);
-            axpy(acc, accOff + i * accStride, accStride, block, DType.F32, 0, n, count, n, w);
+            axpy(acc, accOff + i * accStride, accStride, block, DType.F32, 0, n, count, n, w, writableEnd);
         }
     }
 
