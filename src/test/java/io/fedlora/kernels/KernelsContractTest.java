@@ -25,8 +25,10 @@ import org.junit.jupiter.params.provider.EnumSource;
  * copies bit for bit.
  *
  * <p>Sizes and the code paths they reach (vector backend): 1 is all tail; primes (7, 13, 61, 1031)
- * are vector body plus a tail on any lane count; 8209 columns is wider than a tile (8192), so rows
- * are cut into column tiles; 131101 and more elements split across threads.
+ * are vector body plus a tail on any lane count; blocks of several rows shorter than four vectors
+ * (3x7, 5x13, 7x61, 64x5, 4099x37) take the straight-line short-row path, with whole-vector tails
+ * inside a tile and masked ones at a tile's or the array's end; 8209 columns is wider than a tile
+ * (8192), so rows are cut into column tiles; 131101 and more elements split across threads.
  */
 @TestInstance(TestInstance.Lifecycle.PER_CLASS)
 public abstract class KernelsContractTest {
