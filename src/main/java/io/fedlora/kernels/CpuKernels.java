@@ -163,10 +163,8 @@ public abstract class CpuKernels implements Kernels {
         int r = a.rows(), n = a.cols(), m = b.rows();
         // Both Gram matrices as sums of outer products of r-long rows: B's rows as they are, A's
         // columns after a transpose. The r x r sums stay in cache while the factor streams past once.
-        float[] denseB = new float[Math.multiplyExact(m, r)];
-        load(denseB, 0, r, b.data(), b.dtype(), b.offset(), b.rowStride(), m, r);
-        float[] denseA = new float[Math.multiplyExact(r, n)];
-        load(denseA, 0, n, a.data(), a.dtype(), a.offset(), a.rowStride(), r, n);
+        float[] denseB = dense(b);
+        float[] denseA = dense(a);
         float[] columnsOfA = new float[denseA.length];
         for (int i = 0; i < r; i++) {
             for (int j = 0; j < n; j++) {
@@ -181,6 +179,17 @@ public abstract class CpuKernels implements Kernels {
             sum += gramA[i] * gramB[i];
         }
         return sum;
+    }
+
+    /** A float32 copy of a view, row-major and dense: one run when the view is contiguous. */
+    private float[] dense(Matrix m) {
+        float[] out = new float[Math.multiplyExact(m.rows(), m.cols())];
+        if (m.contiguous()) {
+            load(out, 0, 0, m.data(), m.dtype(), m.offset(), 0, 1, out.length);
+        } else {
+            load(out, 0, m.cols(), m.data(), m.dtype(), m.offset(), m.rowStride(), m.rows(), m.cols());
+        }
+        return out;
     }
 
     /** {@code sum over rows x of x x^T} for {@code count} rows of length r, split across threads by row blocks. */
