@@ -208,7 +208,8 @@ public abstract class KernelsContractTest {
 
     @Test
     void loraNormMatchesScalarAndTheDenseProduct() {
-        int[][] cases = {{1, 1, 1}, {5, 13, 7}, {17, 61, 31}, {20, 768, 768}, {8, 1031, 257}};
+        // Ranks below, at and above one and four vector widths, odd and even (the Gram blocks rows in pairs).
+        int[][] cases = {{1, 1, 1}, {5, 13, 7}, {17, 61, 31}, {20, 768, 768}, {8, 1031, 257}, {64, 100, 37}, {70, 33, 129}};
         for (int[] c : cases) {
             int r = c[0], n = c[1], m = c[2];
             SplittableRandom random = new SplittableRandom(r * 7919L + n);

@@ -315,31 +315,90 @@ public final class VectorKernels extends CpuKernels {
     /** Rows summed in float32 before each block is added into the double Gram: keeps the error near 1e-7. */
     private static final int GRAM_BLOCK = 256;
 
+    /**
+     * Register-blocked {@code X^T X}: rows are copied into a zero-padded block (row length a
+     * multiple of LANES, so no masks), then for every pair of Gram rows and every group of up to
+     * four vectors of columns, eight sums stay in registers while the block's rows stream past
+     * from L2. Only pairs on or above the diagonal are computed; the rest is mirrored.
+     */
     @Override
     protected void gramUpdate(double[] gram, float[] rows, int first, int count, int r) {
-        float[] block = new float[r * r];
-        int bound = FLOATS.loopBound(r);
+        int padded = (r + LANES - 1) / LANES * LANES;
+        float[] block = new float[GRAM_BLOCK * padded];
+        float[] sums = new float[padded * padded];
         for (int start = first; start < first + count; start += GRAM_BLOCK) {
-            java.util.Arrays.fill(block, 0f);
-            int end = Math.min(first + count, start + GRAM_BLOCK);
-            for (int row = start; row < end; row++) {
-                int x = row * r;
-                for (int i = 0; i < r; i++) {
-                    // Row i of the outer product: x[i] times the whole row, one vector at a time.
-                    FloatVector xi = FloatVector.broadcast(FLOATS, rows[x + i]);
-                    int g = i * r;
-                    int j = 0;
-                    for (; j < bound; j += LANES) {
-                        FloatVector.fromArray(FLOATS, rows, x + j).fma(xi, FloatVector.fromArray(FLOATS, block, g + j))
-                                .intoArray(block, g + j);
-                    }
-                    for (; j < r; j++) {
-                        block[g + j] = Math.fma(rows[x + i], rows[x + j], block[g + j]);
+            int rowsHere = Math.min(GRAM_BLOCK, first + count - start);
+            for (int row = 0; row < rowsHere; row++) {
+                System.arraycopy(rows, (start + row) * r, block, row * padded, r);
+            }
+            java.util.Arrays.fill(sums, 0f);
+            for (int i = 0; i < r; i += 2) {
+                // Column groups from the one holding i on: the diagonal's left is mirrored later.
+                for (int j = i / LANES * LANES; j < padded; j += 4 * LANES) {
+                    gramTile(block, rowsHere, padded, i, j, Math.min(4, (padded - j) / LANES), sums);
+                }
+            }
+            for (int i = 0; i < r; i++) {
+                for (int j = i; j < r; j++) {
+                    float v = sums[i * padded + j];
+                    gram[i * r + j] += v;
+                    if (j != i) {
+                        gram[j * r + i] += v;
                     }
                 }
             }
-            for (int i = 0; i < block.length; i++) {
-                gram[i] += block[i];
+        }
+    }
+
+    /** sums[i..i+1][j .. j + vectors * LANES) = sum over the block's rows of x[i or i+1] * x[j..]. */
+    private static void gramTile(float[] block, int rows, int stride, int i, int j, int vectors, float[] sums) {
+        FloatVector a0 = FloatVector.zero(FLOATS), a1 = a0, a2 = a0, a3 = a0;
+        FloatVector b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        boolean second = i + 1 < stride;
+        for (int row = 0; row < rows; row++) {
+            int x = row * stride;
+            FloatVector xi = FloatVector.broadcast(FLOATS, block[x + i]);
+            FloatVector xk = FloatVector.broadcast(FLOATS, second ? block[x + i + 1] : 0f);
+            FloatVector v0 = FloatVector.fromArray(FLOATS, block, x + j);
+            a0 = v0.fma(xi, a0);
+            b0 = v0.fma(xk, b0);
+            if (vectors > 1) {
+                FloatVector v1 = FloatVector.fromArray(FLOATS, block, x + j + LANES);
+                a1 = v1.fma(xi, a1);
+                b1 = v1.fma(xk, b1);
+                if (vectors > 2) {
+                    FloatVector v2 = FloatVector.fromArray(FLOATS, block, x + j + 2 * LANES);
+                    a2 = v2.fma(xi, a2);
+                    b2 = v2.fma(xk, b2);
+                    if (vectors > 3) {
+                        FloatVector v3 = FloatVector.fromArray(FLOATS, block, x + j + 3 * LANES);
+                        a3 = v3.fma(xi, a3);
+                        b3 = v3.fma(xk, b3);
+                    }
+                }
+            }
+        }
+        int rowA = i * stride + j, rowB = (i + 1) * stride + j;
+        a0.intoArray(sums, rowA);
+        if (vectors > 1) {
+            a1.intoArray(sums, rowA + LANES);
+        }
+        if (vectors > 2) {
+            a2.intoArray(sums, rowA + 2 * LANES);
+        }
+        if (vectors > 3) {
+            a3.intoArray(sums, rowA + 3 * LANES);
+        }
+        if (second) {
+            b0.intoArray(sums, rowB);
+            if (vectors > 1) {
+                b1.intoArray(sums, rowB + LANES);
+            }
+            if (vectors > 2) {
+                b2.intoArray(sums, rowB + 2 * LANES);
+            }
+            if (vectors > 3) {
+                b3.intoArray(sums, rowB + 3 * LANES);
             }
         }
     }
