@@ -31,6 +31,31 @@ public final class ScalarKernels extends CpuKernels {
     @Override
     protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
             long srcStride, int rows, int n, float w, int writableEnd) {
+        axpyLoop(acc, accOff, accStride, src, dtype, srcOff, srcStride, rows, n, w);
+    }
+
+    @Override
+    protected boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
+            float[] rowScale, int rowOff, float[] colScale, int colOff) {
+        return scaleLoop(out, in, off, stride, rows, n, rowScale, rowOff, colScale, colOff);
+    }
+
+    @Override
+    protected boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
+        return finiteLoop(src, dtype, srcOff, srcStride, rows, n);
+    }
+
+    @Override
+    protected void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n) {
+        loadLoop(out, outOff, outStride, src, dtype, srcOff, srcStride, rows, n);
+    }
+
+    // The reference loops themselves, public so that another backend can stand in with them
+    // (VectorKernels does while the JIT compiles its vector loops). Same contracts as the primitives.
+
+    public static void axpyLoop(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n, float w) {
         for (int i = 0; i < rows; i++) {
             int a = accOff + i * accStride;
             long x = srcOff + i * srcStride;
@@ -40,8 +65,7 @@ public final class ScalarKernels extends CpuKernels {
         }
     }
 
-    @Override
-    protected boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
+    public static boolean scaleLoop(float[] out, float[] in, int off, int stride, int rows, int n,
             float[] rowScale, int rowOff, float[] colScale, int colOff) {
         boolean finite = true;
         for (int i = 0; i < rows; i++) {
@@ -56,8 +80,7 @@ public final class ScalarKernels extends CpuKernels {
         return finite;
     }
 
-    @Override
-    protected boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
+    public static boolean finiteLoop(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
         for (int i = 0; i < rows; i++) {
             for (int t = 0; t < n; t++) {
                 if (!Float.isFinite(dtype.get(src, srcOff + i * srcStride + t))) {
@@ -68,8 +91,7 @@ public final class ScalarKernels extends CpuKernels {
         return true;
     }
 
-    @Override
-    protected void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+    public static void loadLoop(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
             long srcStride, int rows, int n) {
         for (int i = 0; i < rows; i++) {
             for (int t = 0; t < n; t++) {

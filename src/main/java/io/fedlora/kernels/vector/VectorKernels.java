@@ -2,6 +2,7 @@ package io.fedlora.kernels.vector;
 
 import io.fedlora.DType;
 import io.fedlora.kernels.CpuKernels;
+import io.fedlora.kernels.scalar.ScalarKernels;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
@@ -63,6 +64,113 @@ public final class VectorKernels extends CpuKernels {
                 + threads() + " thread(s)";
     }
 
+    // ---- the cold start -----------------------------------------------------------------------
+    // Vector API code is only fast once C2 has compiled it: before that (interpreter, C1) every
+    // vector is a heap object. Measured here: a first 60 MB round took 1.4 s on vector loops and
+    // 0.1 s on scalar ones, and a one-shot 600 MB CLI run 2.2-2.3 s against 1.6-1.8 s. So for
+    // each primitive's first COLD_CALLS calls the scalar reference loops do the work, and one call
+    // in PRIME_EVERY also runs the vector loops on its first rows or vector-widths, so that C2 has
+    // compiled them by the hand-over (the CLI run: 1.7-1.9 s). Both give the same bits (fma per
+    // element, one rounding), so callers cannot tell. A long-running server hands over within its
+    // first seconds of work. The tests turn this off to hold the vector loops alone to the contract.
+
+    /** System property: "false" makes every call use the vector loops from the start. */
+    public static final String WARM_UP_PROPERTY = "fedlora.vector.warmup";
+    private static final boolean WARM_UP = Boolean.parseBoolean(System.getProperty(WARM_UP_PROPERTY, "true"));
+    /** Calls per primitive served by the scalar loops before the vector loops take over. */
+    public static final int COLD_CALLS = 400_000;
+    /**
+     * While cold, one call in this many also runs the vector loops on a slice: often enough for C2
+     * to compile them (some 12,000 calls before the hand-over), rarely enough that their slow,
+     * uncompiled runs cost little (they took 0.4 s of a 600 MB CLI run when every call did one).
+     */
+    private static final int PRIME_EVERY = 32;
+    /** Elements of a one-row call that the vector loops take while cold. */
+    private static final int COLD_HEAD = 4 * LANES;
+    // Racy on purpose: an approximate count is all the hand-over needs.
+    private static int axpyCalls, scaleCalls, finiteCalls, loadCalls;
+
+    /** True once every primitive has handed over to its vector loops (or the warm-up is off). */
+    public static boolean vectorLoopsInUse() {
+        return !WARM_UP || Math.min(Math.min(axpyCalls, scaleCalls), Math.min(finiteCalls, loadCalls)) >= COLD_CALLS;
+    }
+
+    @Override
+    protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n, float w, int writableEnd) {
+        if (!WARM_UP || axpyCalls >= COLD_CALLS) {
+            axpyVector(acc, accOff, accStride, src, dtype, srcOff, srcStride, rows, n, w, writableEnd);
+            return;
+        }
+        if (axpyCalls++ % PRIME_EVERY != 0) {
+            ScalarKernels.axpyLoop(acc, accOff, accStride, src, dtype, srcOff, srcStride, rows, n, w);
+            return;
+        }
+        if (rows == 1) {
+            int head = Math.min(n, COLD_HEAD);
+            axpyVector(acc, accOff, 0, src, dtype, srcOff, 0, 1, head, w, writableEnd);
+            ScalarKernels.axpyLoop(acc, accOff + head, 0, src, dtype, srcOff + head, 0, 1, n - head, w);
+        } else {
+            int head = Math.min(rows, 2); // two rows: the short-row path needs more than one
+            axpyVector(acc, accOff, accStride, src, dtype, srcOff, srcStride, head, n, w, writableEnd);
+            ScalarKernels.axpyLoop(acc, accOff + head * accStride, accStride, src, dtype, srcOff + head * srcStride,
+                    srcStride, rows - head, n, w);
+        }
+    }
+
+    @Override
+    protected boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
+            float[] rowScale, int rowOff, float[] colScale, int colOff) {
+        if (!WARM_UP || scaleCalls >= COLD_CALLS) {
+            return scaleVector(out, in, off, stride, rows, n, rowScale, rowOff, colScale, colOff);
+        }
+        if (scaleCalls++ % PRIME_EVERY != 0) {
+            return ScalarKernels.scaleLoop(out, in, off, stride, rows, n, rowScale, rowOff, colScale, colOff);
+        }
+        boolean first = scaleVector(out, in, off, stride, Math.min(rows, 1), n, rowScale, rowOff, colScale, colOff);
+        return ScalarKernels.scaleLoop(out, in, off + stride, stride, rows - 1, n, rowScale, rowOff + 1,
+                colScale, colOff) & first;
+    }
+
+    @Override
+    protected boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
+        if (!WARM_UP || finiteCalls >= COLD_CALLS) {
+            return finiteVector(src, dtype, srcOff, srcStride, rows, n);
+        }
+        if (finiteCalls++ % PRIME_EVERY != 0) {
+            return ScalarKernels.finiteLoop(src, dtype, srcOff, srcStride, rows, n);
+        }
+        if (rows == 1) {
+            int head = Math.min(n, COLD_HEAD);
+            return finiteVector(src, dtype, srcOff, 0, 1, head)
+                    && ScalarKernels.finiteLoop(src, dtype, srcOff + head, 0, 1, n - head);
+        }
+        return finiteVector(src, dtype, srcOff, srcStride, 1, n)
+                && ScalarKernels.finiteLoop(src, dtype, srcOff + srcStride, srcStride, rows - 1, n);
+    }
+
+    @Override
+    protected void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n) {
+        if (!WARM_UP || loadCalls >= COLD_CALLS) {
+            loadVectors(out, outOff, outStride, src, dtype, srcOff, srcStride, rows, n);
+            return;
+        }
+        if (loadCalls++ % PRIME_EVERY != 0) {
+            ScalarKernels.loadLoop(out, outOff, outStride, src, dtype, srcOff, srcStride, rows, n);
+            return;
+        }
+        if (rows == 1) {
+            int head = Math.min(n, COLD_HEAD);
+            loadVectors(out, outOff, 0, src, dtype, srcOff, 0, 1, head);
+            ScalarKernels.loadLoop(out, outOff + head, 0, src, dtype, srcOff + head, 0, 1, n - head);
+        } else {
+            loadVectors(out, outOff, outStride, src, dtype, srcOff, srcStride, 1, n);
+            ScalarKernels.loadLoop(out, outOff + outStride, outStride, src, dtype, srcOff + srcStride, srcStride,
+                    rows - 1, n);
+        }
+    }
+
     // The hot loops are float32 only and kept small: C2 must inline every Vector API call in them,
     // or each vector becomes a heap object and the loop runs many times slower than scalar code.
     // BF16 and F16 rows are first widened into a float32 scratch block that stays in L1.
@@ -71,8 +179,7 @@ public final class VectorKernels extends CpuKernels {
     private static final int TILE_FLOATS = 8192;
     private static final ThreadLocal<float[]> SCRATCH = ThreadLocal.withInitial(() -> new float[TILE_FLOATS]);
 
-    @Override
-    protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+    private void axpyVector(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
             long srcStride, int rows, int n, float w, int writableEnd) {
         if (dtype != DType.F32) {
             axpyWidened(acc, accOff, accStride, src, dtype, srcOff, srcStride, rows, n, w, writableEnd);
@@ -157,8 +264,8 @@ public final class VectorKernels extends CpuKernels {
             for (int i = 0; i < rows; i++) {
                 for (int t = 0; t < n; t += TILE_FLOATS) {
                     int len = Math.min(TILE_FLOATS, n - t);
-                    load(scratch, 0, len, src, dtype, srcOff + i * srcStride + t, 0, 1, len);
-                    axpy(acc, accOff + i * accStride + t, 0, block, DType.F32, 0, 0, 1, len, w, writableEnd);
+                    loadVectors(scratch, 0, len, src, dtype, srcOff + i * srcStride + t, 0, 1, len);
+                    axpyVector(acc, accOff + i * accStride + t, 0, block, DType.F32, 0, 0, 1, len, w, writableEnd);
                 }
             }
             return;
@@ -166,13 +273,12 @@ public final class VectorKernels extends CpuKernels {
         int rowsPerBlock = TILE_FLOATS / n;
         for (int i = 0; i < rows; i += rowsPerBlock) {
             int count = Math.min(rowsPerBlock, rows - i);
-            load(scratch, 0, n, src, dtype, srcOff + i * srcStride, srcStride, count, n);
-            axpy(acc, accOff + i * accStride, accStride, block, DType.F32, 0, n, count, n, w, writableEnd);
+            loadVectors(scratch, 0, n, src, dtype, srcOff + i * srcStride, srcStride, count, n);
+            axpyVector(acc, accOff + i * accStride, accStride, block, DType.F32, 0, n, count, n, w, writableEnd);
         }
     }
 
-    @Override
-    protected boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
+    private static boolean scaleVector(float[] out, float[] in, int off, int stride, int rows, int n,
             float[] rowScale, int rowOff, float[] colScale, int colOff) {
         // x - x is 0 for finite x and NaN for NaN or inf: summing it flags any non-finite result.
         FloatVector check = FloatVector.zero(FLOATS);
@@ -208,8 +314,7 @@ public final class VectorKernels extends CpuKernels {
         return finite && check.reduceLanes(VectorOperators.ADD) == 0f;
     }
 
-    @Override
-    protected boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
+    private static boolean finiteVector(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
         for (int i = 0; i < rows; i++) {
             long x = srcOff + i * srcStride;
             boolean ok = dtype == DType.F32 ? finiteF32(src, x, n)
@@ -256,8 +361,7 @@ public final class VectorKernels extends CpuKernels {
         return true;
     }
 
-    @Override
-    protected void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+    private static void loadVectors(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
             long srcStride, int rows, int n) {
         for (int i = 0; i < rows; i++) {
             int o = outOff + i * outStride;
