@@ -14,7 +14,7 @@ import java.util.Map;
 final class ParsedUpdate {
 
     /** PEFT suffixes of the two factors: linear layers, then embeddings (saved without ".weight"). */
-    private static final String[][] FACTOR_SUFFIXES = {
+    static final String[][] FACTOR_SUFFIXES = {
         {".lora_A.weight", ".lora_B.weight"},
         {".lora_embedding_A", ".lora_embedding_B"},
     };
@@ -148,9 +148,14 @@ final class ParsedUpdate {
         if (t.elementCount() > Integer.MAX_VALUE - 8) {
             throw new InvalidUpdateException(id, key, "tensor of more than 2^31 elements is not supported");
         }
+        return new Other(key, t.shape(), rowsOf(t));
+    }
+
+    /** A tensor that is not a LoRA factor as a dense {@code [rows, cols]} view, cols its last dimension. */
+    static Matrix rowsOf(Tensor t) {
         long[] shape = t.shape();
         int cols = shape.length == 0 ? 1 : (int) shape[shape.length - 1];
         int rows = cols == 0 ? 0 : (int) (t.elementCount() / cols);
-        return new Other(key, shape, Matrix.dense(t.data(), t.dtype(), rows, cols));
+        return Matrix.dense(t.data(), t.dtype(), rows, cols);
     }
 }

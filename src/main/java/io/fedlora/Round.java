@@ -250,7 +250,7 @@ public final class Round implements AutoCloseable {
 
     private void importModule(String module, Map<String, Tensor> partial) {
         String keyA = null, keyB = null;
-        for (String[] suffixes : new String[][] {{".lora_A.weight", ".lora_B.weight"}, {".lora_embedding_A", ".lora_embedding_B"}}) {
+        for (String[] suffixes : ParsedUpdate.FACTOR_SUFFIXES) {
             if (partial.containsKey(module + suffixes[0])) {
                 keyA = module + suffixes[0];
                 keyB = module + suffixes[1];
@@ -287,14 +287,12 @@ public final class Round implements AutoCloseable {
         if (values == null || counts.elementCount() != 3) {
             throw new IllegalArgumentException("partial tensor '" + key + "' is incomplete");
         }
-        long[] shape = values.shape();
-        int cols = shape.length == 0 ? 1 : (int) shape[shape.length - 1];
-        int rows = cols == 0 ? 0 : (int) (values.elementCount() / cols);
-        OtherSums sums = new OtherSums(shape, rows, cols);
+        Matrix rows = ParsedUpdate.rowsOf(values);
+        OtherSums sums = new OtherSums(values.shape(), rows.rows(), rows.cols());
         others.put(key, sums);
-        otherShapes.put(key, shape);
+        otherShapes.put(key, values.shape());
         keyOrder.add(key);
-        sums.sums.add(Matrix.dense(values.data(), values.dtype(), rows, cols), 1f);
+        sums.sums.add(rows, 1f);
         sums.totalWeight = (double) counts.get(0) + counts.get(1);
         sums.clientCount = (int) counts.get(2);
     }

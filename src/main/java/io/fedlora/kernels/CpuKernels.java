@@ -18,7 +18,7 @@ import java.util.stream.IntStream;
 public abstract class CpuKernels implements Kernels {
 
     /** Elements per tile: 32 KiB of float32, so a tile of sums stays in L1 while all clients pass. */
-    static final int TILE = 8192;
+    protected static final int TILE = 8192;
     /** Below this many elements an operation stays on the calling thread. */
     static final long PARALLEL_MIN = 1L << 17;
 

@@ -176,8 +176,7 @@ public final class VectorKernels extends CpuKernels {
     // BF16 and F16 rows are first widened into a float32 scratch block that stays in L1.
 
     /** Per-thread float32 scratch for widened 16-bit rows, one tile long. */
-    private static final int TILE_FLOATS = 8192;
-    private static final ThreadLocal<float[]> SCRATCH = ThreadLocal.withInitial(() -> new float[TILE_FLOATS]);
+    private static final ThreadLocal<float[]> SCRATCH = ThreadLocal.withInitial(() -> new float[TILE]);
 
     private void axpyVector(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
             long srcStride, int rows, int n, float w, int writableEnd) {
@@ -201,7 +200,7 @@ public final class VectorKernels extends CpuKernels {
                 FloatVector.fromMemorySegment(FLOATS, src, x + t * 4L, LE)
                         .fma(weight, FloatVector.fromArray(FLOATS, acc, a + t)).intoArray(acc, a + t);
             }
-            // The row's last, partial vector, masked: a B factor's rows (rank 5, 20, ...) are mostly this.
+            // The row's last, partial vector, masked (short rows take axpyShortRows instead).
             if (t < n) {
                 FloatVector.fromMemorySegment(FLOATS, src, x + t * 4L, LE, tail)
                         .fma(weight, FloatVector.fromArray(FLOATS, acc, a + t, tail)).intoArray(acc, a + t, tail);
@@ -260,17 +259,17 @@ public final class VectorKernels extends CpuKernels {
             long srcStride, int rows, int n, float w, int writableEnd) {
         float[] scratch = SCRATCH.get();
         MemorySegment block = MemorySegment.ofArray(scratch);
-        if (n > TILE_FLOATS) {
+        if (n > TILE) {
             for (int i = 0; i < rows; i++) {
-                for (int t = 0; t < n; t += TILE_FLOATS) {
-                    int len = Math.min(TILE_FLOATS, n - t);
+                for (int t = 0; t < n; t += TILE) {
+                    int len = Math.min(TILE, n - t);
                     loadVectors(scratch, 0, len, src, dtype, srcOff + i * srcStride + t, 0, 1, len);
                     axpyVector(acc, accOff + i * accStride + t, 0, block, DType.F32, 0, 0, 1, len, w, writableEnd);
                 }
             }
             return;
         }
-        int rowsPerBlock = TILE_FLOATS / n;
+        int rowsPerBlock = TILE / n;
         for (int i = 0; i < rows; i += rowsPerBlock) {
             int count = Math.min(rowsPerBlock, rows - i);
             loadVectors(scratch, 0, n, src, dtype, srcOff + i * srcStride, srcStride, count, n);
