@@ -1,8 +1,12 @@
 package io.fedlora;
 
+import io.fedlora.tensor.DType;
+
+import io.fedlora.tensor.Tensor;
+
 import io.fedlora.kernels.Backends;
 import io.fedlora.kernels.Kernels;
-import io.fedlora.kernels.Matrix;
+import io.fedlora.tensor.Matrix;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.LinkedHashMap;

@@ -1,7 +1,9 @@
 package io.fedlora;
 
+import io.fedlora.tensor.Tensor;
+
 import io.fedlora.kernels.Kernels;
-import io.fedlora.kernels.Matrix;
+import io.fedlora.tensor.Matrix;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.Map;

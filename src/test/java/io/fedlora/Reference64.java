@@ -1,5 +1,7 @@
 package io.fedlora;
 
+import io.fedlora.tensor.Tensor;
+
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;

@@ -1,5 +1,8 @@
 package io.fedlora;
 
+import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Tensor;
+
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;

@@ -1,12 +1,12 @@
 package io.fedlora.cli;
 
 import io.fedlora.Aggregator;
-import io.fedlora.DType;
+import io.fedlora.tensor.DType;
 import io.fedlora.InvalidUpdateException;
 import io.fedlora.LoraScale;
 import io.fedlora.ClientUpdate;
 import io.fedlora.Strategy;
-import io.fedlora.Tensor;
+import io.fedlora.tensor.Tensor;
 import io.fedlora.io.InvalidFileException;
 import io.fedlora.io.PeftAdapter;
 import java.io.IOException;

@@ -1,6 +1,6 @@
 package io.fedlora.cli;
 
-import io.fedlora.DType;
+import io.fedlora.tensor.DType;
 import io.fedlora.Strategy;
 import java.util.Locale;
 import java.util.Set;

@@ -1,8 +1,8 @@
 package io.fedlora.cli;
 
 import io.fedlora.Aggregator;
-import io.fedlora.DType;
-import io.fedlora.Tensor;
+import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Tensor;
 import io.fedlora.io.InvalidFileException;
 import io.fedlora.io.PeftAdapter;
 import java.io.IOException;

@@ -1,8 +1,8 @@
 package io.fedlora.io;
 
 import io.fedlora.ClientUpdate;
-import io.fedlora.DType;
-import io.fedlora.Tensor;
+import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Tensor;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;

@@ -1,5 +1,7 @@
 package io.fedlora.kernels;
 
+import io.fedlora.tensor.Matrix;
+
 /**
  * Float32 weighted sums of one factor of one module, {@code rows x cols} row-major, owned by a
  * backend (a heap array for the CPU backends, device memory for CUDA). Not thread-safe: the

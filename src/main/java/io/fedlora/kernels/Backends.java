@@ -1,6 +1,6 @@
 package io.fedlora.kernels;
 
-import io.fedlora.kernels.scalar.ScalarKernels;
+import io.fedlora.kernels.cpu.ScalarKernels;
 import java.lang.reflect.InvocationTargetException;
 import java.util.ArrayList;
 import java.util.List;
@@ -25,7 +25,7 @@ public final class Backends {
     public static final String THREADS_PROPERTY = "fedlora.threads";
 
     static final String CUDA_CLASS = "io.fedlora.kernels.cuda.CudaKernels";
-    static final String VECTOR_CLASS = "io.fedlora.kernels.vector.VectorKernels";
+    static final String VECTOR_CLASS = "io.fedlora.kernels.cpu.VectorKernels";
     static final String VECTOR_MODULE = "jdk.incubator.vector";
 
     /** The backends in the order {@code auto} tries them. */

@@ -1,5 +1,7 @@
 package io.fedlora.kernels;
 
+import io.fedlora.tensor.Matrix;
+
 /**
  * The compute operations behind fedlora: one interface, one implementation per backend
  * ({@code ScalarKernels}, the reference; {@code VectorKernels}; {@code CudaKernels}). Kernels

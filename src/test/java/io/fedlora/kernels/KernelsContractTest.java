@@ -1,16 +1,18 @@
 package io.fedlora.kernels;
 
+import io.fedlora.tensor.Matrix;
+
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
-import io.fedlora.DType;
+import io.fedlora.tensor.DType;
 import io.fedlora.Reference64;
-import io.fedlora.Tensor;
+import io.fedlora.tensor.Tensor;
 import io.fedlora.TestClients;
-import io.fedlora.kernels.scalar.ScalarKernels;
+import io.fedlora.kernels.cpu.ScalarKernels;
 import java.lang.foreign.MemorySegment;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.AfterAll;

@@ -1,12 +1,14 @@
 package io.fedlora.kernels;
 
+import io.fedlora.tensor.Matrix;
+
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
-import io.fedlora.DType;
-import io.fedlora.Tensor;
+import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Tensor;
 import io.fedlora.TestClients;
-import io.fedlora.kernels.scalar.ScalarKernels;
+import io.fedlora.kernels.cpu.ScalarKernels;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.Test;

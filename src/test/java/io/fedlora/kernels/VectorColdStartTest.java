@@ -1,13 +1,15 @@
 package io.fedlora.kernels;
 
+import io.fedlora.tensor.Matrix;
+
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.fedlora.ChildJvm;
-import io.fedlora.DType;
-import io.fedlora.kernels.scalar.ScalarKernels;
-import io.fedlora.kernels.vector.VectorKernels;
+import io.fedlora.tensor.DType;
+import io.fedlora.kernels.cpu.ScalarKernels;
+import io.fedlora.kernels.cpu.VectorKernels;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Map;

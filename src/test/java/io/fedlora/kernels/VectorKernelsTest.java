@@ -1,6 +1,6 @@
 package io.fedlora.kernels;
 
-import io.fedlora.kernels.vector.VectorKernels;
+import io.fedlora.kernels.cpu.VectorKernels;
 import org.junit.jupiter.api.AfterAll;
 
 /** The Vector API backend against the scalar reference (the whole contract), on three threads. */

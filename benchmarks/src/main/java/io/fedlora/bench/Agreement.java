@@ -1,6 +1,6 @@
 package io.fedlora.bench;
 
-import io.fedlora.Tensor;
+import io.fedlora.tensor.Tensor;
 import java.util.Arrays;
 import java.util.Map;
 

@@ -1,10 +1,10 @@
 package io.fedlora.bench;
 
 import io.fedlora.ClientUpdate;
-import io.fedlora.Tensor;
+import io.fedlora.tensor.Tensor;
 import io.fedlora.kernels.Backends;
 import io.fedlora.kernels.Kernels;
-import io.fedlora.kernels.Matrix;
+import io.fedlora.tensor.Matrix;
 import java.util.Arrays;
 import java.util.List;
 import java.util.concurrent.TimeUnit;

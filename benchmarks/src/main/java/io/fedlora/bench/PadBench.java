@@ -1,7 +1,7 @@
 package io.fedlora.bench;
 
 import io.fedlora.Aggregator;
-import io.fedlora.Tensor;
+import io.fedlora.tensor.Tensor;
 import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;

@@ -1,5 +1,7 @@
 package io.fedlora.bench;
 
+import io.fedlora.kernels.Backends;
+
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.IOException;

@@ -1,7 +1,7 @@
 package io.fedlora.bench;
 
 import io.fedlora.ClientUpdate;
-import io.fedlora.Tensor;
+import io.fedlora.tensor.Tensor;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;

@@ -5,9 +5,9 @@ import static io.fedlora.kernels.cuda.CudaDevice.FINISH;
 import static io.fedlora.kernels.cuda.CudaDevice.PAD;
 import static io.fedlora.kernels.cuda.CudaDevice.offset;
 
-import io.fedlora.DType;
+import io.fedlora.tensor.DType;
 import io.fedlora.kernels.Accumulator;
-import io.fedlora.kernels.Matrix;
+import io.fedlora.tensor.Matrix;
 import jcuda.driver.CUdeviceptr;
 
 /**

@@ -33,7 +33,7 @@ import static jcuda.driver.JCudaDriver.cuStreamDestroy;
 import static jcuda.driver.JCudaDriver.cuStreamSynchronize;
 import static jcuda.driver.JCudaDriver.cuStreamWaitEvent;
 
-import io.fedlora.kernels.Matrix;
+import io.fedlora.tensor.Matrix;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;

@@ -7,10 +7,10 @@ import static io.fedlora.kernels.cuda.CudaDevice.FINISH;
 import static io.fedlora.kernels.cuda.CudaDevice.PAD;
 import static io.fedlora.kernels.cuda.CudaDevice.offset;
 
-import io.fedlora.DType;
+import io.fedlora.tensor.DType;
 import io.fedlora.kernels.Accumulator;
 import io.fedlora.kernels.Kernels;
-import io.fedlora.kernels.Matrix;
+import io.fedlora.tensor.Matrix;
 import java.util.ArrayList;
 import java.util.List;
 import jcuda.driver.CUdeviceptr;

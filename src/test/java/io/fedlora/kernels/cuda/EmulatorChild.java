@@ -1,12 +1,12 @@
 package io.fedlora.kernels.cuda;
 
-import io.fedlora.DType;
-import io.fedlora.Tensor;
+import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Tensor;
 import io.fedlora.kernels.Accumulator;
 import io.fedlora.kernels.Backends;
 import io.fedlora.kernels.Kernels;
-import io.fedlora.kernels.Matrix;
-import io.fedlora.kernels.scalar.ScalarKernels;
+import io.fedlora.tensor.Matrix;
+import io.fedlora.kernels.cpu.ScalarKernels;
 import java.util.Arrays;
 import java.util.SplittableRandom;
 

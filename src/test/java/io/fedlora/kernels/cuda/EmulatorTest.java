@@ -1,5 +1,7 @@
 package io.fedlora.kernels.cuda;
 
+import io.fedlora.tensor.Matrix;
+
 import static jcuda.driver.JCudaDriver.cuCtxCreate;
 import static jcuda.driver.JCudaDriver.cuCtxDestroy;
 import static jcuda.driver.JCudaDriver.cuDeviceGet;
@@ -102,9 +104,9 @@ class EmulatorTest {
         assumeTrue(emulated(), "exact device memory accounting is the emulator's");
         long before = freeDeviceBytes();
         try (CudaKernels own = new CudaKernels()) {
-            own.newAccumulator(3, 5).add(io.fedlora.kernels.Matrix.of(new float[15], 3, 5), 1f);
+            own.newAccumulator(3, 5).add(io.fedlora.tensor.Matrix.of(new float[15], 3, 5), 1f);
             own.newAccumulator(2, 2); // left open: the backend's close() frees it
-            own.weightedSum(new float[6], 2, 3, new io.fedlora.kernels.Matrix[] {io.fedlora.kernels.Matrix.of(new float[6], 2, 3)},
+            own.weightedSum(new float[6], 2, 3, new io.fedlora.tensor.Matrix[] {io.fedlora.tensor.Matrix.of(new float[6], 2, 3)},
                     new float[] {1f}, new float[] {1f, 2f}, null);
             assertTrue(freeDeviceBytes() < before);
         }

@@ -1,6 +1,11 @@
-package io.fedlora.kernels;
+package io.fedlora.kernels.cpu;
 
-import io.fedlora.DType;
+import io.fedlora.tensor.Matrix;
+import io.fedlora.kernels.Accumulator;
+
+import io.fedlora.kernels.Kernels;
+
+import io.fedlora.tensor.DType;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 import java.util.concurrent.ForkJoinPool;

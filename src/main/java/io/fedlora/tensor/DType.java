@@ -1,4 +1,4 @@
-package io.fedlora;
+package io.fedlora.tensor;
 
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;

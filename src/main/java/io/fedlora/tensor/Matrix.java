@@ -1,6 +1,5 @@
-package io.fedlora.kernels;
+package io.fedlora.tensor;
 
-import io.fedlora.DType;
 import java.lang.foreign.MemorySegment;
 
 /**

@@ -1,4 +1,4 @@
-package io.fedlora;
+package io.fedlora.tensor;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;

@@ -1,7 +1,7 @@
-package io.fedlora.kernels.scalar;
+package io.fedlora.kernels.cpu;
 
-import io.fedlora.DType;
-import io.fedlora.kernels.CpuKernels;
+import io.fedlora.tensor.DType;
+import io.fedlora.kernels.cpu.CpuKernels;
 import java.lang.foreign.MemorySegment;
 
 /**

@@ -1,8 +1,8 @@
-package io.fedlora.kernels.vector;
+package io.fedlora.kernels.cpu;
 
-import io.fedlora.DType;
-import io.fedlora.kernels.CpuKernels;
-import io.fedlora.kernels.scalar.ScalarKernels;
+import io.fedlora.tensor.DType;
+import io.fedlora.kernels.cpu.CpuKernels;
+import io.fedlora.kernels.cpu.ScalarKernels;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
