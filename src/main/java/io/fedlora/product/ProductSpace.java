@@ -380,8 +380,11 @@ public final class ProductSpace implements AutoCloseable {
                 Route.GRAM, Coefficients.dense(s, t, left, tv.data));
     }
 
-    /** The QR route (PRODUCT_SPACE.md S1): writable float64 copies of both stacks, {@code (m + n) S} doubles. */
-    private LowRank qrRoute(String module, List<ModuleFactors> clients, int rank, Split split, double outScale,
+    /**
+     * The QR route (PRODUCT_SPACE.md S1): writable float64 copies of both stacks, {@code (m + n) S}
+     * doubles. Package-private so that the tests can hold it against the Gram route on one problem.
+     */
+    LowRank qrRoute(String module, List<ModuleFactors> clients, int rank, Split split, double outScale,
             Fill fill) {
         check(module, clients);
         int k = clients.size();

@@ -139,10 +139,18 @@ class ProductSpaceTest {
         List<ModuleFactors> clients = Dense64.clients(4, 40, 36, new int[] {4, 9, 3}, new double[] {1, 1, 2}, null);
         try (ProductSpace ps = space("vector")) {
             LowRank gram = ps.svd(ps.grams("m", clients), clients, 7, Split.FLEXLORA, 1.0, Fill.ORTH);
-            // The same clients padded with zero rows so that the QR route is forced is not the same
-            // problem; instead call the QR route on the same data through a shape where it is chosen:
-            // transposing would change B and A. So compare both routes to dense instead (sign rule).
+            LowRank qr = ps.qrRoute("m", clients, 7, Split.FLEXLORA, 1.0, Fill.ORTH);
+            assertEquals(Route.GRAM, gram.route());
+            assertEquals(Route.QR, qr.route());
             checkAgainstDense(clients, gram, 7, 1.0, Split.FLEXLORA);
+            checkAgainstDense(clients, qr, 7, 1.0, Split.FLEXLORA);
+            for (int i = 0; i < gram.b().length; i++) {
+                assertEquals(gram.b()[i], qr.b()[i], 1e-5, "B entry " + i + ": routes differ");
+            }
+            for (int i = 0; i < gram.a().length; i++) {
+                assertEquals(gram.a()[i], qr.a()[i], 1e-5, "A entry " + i + ": routes differ");
+            }
+            assertEquals(gram.eckartYoung(7), qr.eckartYoung(7), 1e-9);
             // A permuted client order gives the same factors.
             List<ModuleFactors> permuted = new ArrayList<>(clients);
             Collections.reverse(permuted);
