@@ -98,12 +98,15 @@ class RoundAtomicityTest {
                         adders.add(pool.submit(() -> {
                             for (int k = first; k < clients.size(); k += 3) {
                                 round.add(clients.get(k));
+                                if (k % 30 == first) {
+                                    sleep(); // let the reader in between adds
+                                }
                             }
                         }));
                     }
                     round.add(clients.get(0)); // so that the reader always has a client
                     Future<?> reader = pool.submit(() -> {
-                        while (adding.get()) {
+                        do {
                             Partial p = round.toPartial();
                             for (Partial.ModulePart m : p.modules.values()) {
                                 assertEquals(p.clientCount(), m.clients(), "module " + m.module() + " torn");
@@ -116,7 +119,7 @@ class RoundAtomicityTest {
                             assertEquals(total, p.others.get("head.bias").totalWeight());
                             round.finish(); // never refuses: every module is in every client seen
                             snapshots.incrementAndGet();
-                        }
+                        } while (adding.get());
                     });
                     for (Future<?> f : adders) {
                         f.get();
@@ -126,9 +129,17 @@ class RoundAtomicityTest {
                 } finally {
                     pool.shutdownNow();
                 }
-                assertTrue(snapshots.get() > 0);
+                assertTrue(snapshots.get() > 1, "snapshots taken while clients arrived: " + snapshots.get());
                 assertEquals(clients.size() + 1, round.clientCount());
             }
+        }
+    }
+
+    static void sleep() {
+        try {
+            Thread.sleep(1);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
         }
     }
 
