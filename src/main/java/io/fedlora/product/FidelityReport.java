@@ -83,8 +83,7 @@ public final class FidelityReport {
     /**
      * Computes the report.
      *
-     * @param strategies a subset of {@link #STRATEGIES}
-     * @param split the SVD's split (does not change its fidelity; kept for the factors' sake)
+     * @param strategies a subset of {@link #STRATEGIES}; the SVD's figures hold for either split
      */
     public static FidelityReport compute(ProductSpace space, List<ModuleInput> inputs, List<String> strategies) {
         for (String s : strategies) {
