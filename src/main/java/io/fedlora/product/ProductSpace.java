@@ -146,9 +146,13 @@ public final class ProductSpace implements AutoCloseable {
         void pack(double[] x, int first, int count);
     }
 
-    /** Rows per panel: about 512 KiB of doubles, so a panel stays in L2 while the kernel sweeps it. */
+    /**
+     * Rows per panel: 256, so that each result tile of the Gram kernel is read and written once per
+     * 256 rows (with few rows per panel, at S in the thousands the S x S result's memory traffic
+     * bounded the kernel); the kernels keep their working set in cache by sweeping column blocks.
+     */
     private static int panelRows(int s) {
-        return Math.max(16, Math.min(256, 65536 / Math.max(1, s)));
+        return 256;
     }
 
     private double[] gram(int s, int length, Packer packer) {

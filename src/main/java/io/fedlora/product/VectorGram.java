@@ -30,25 +30,35 @@ public final class VectorGram implements GramKernels {
         return "vector";
     }
 
+    /**
+     * Columns of the result per sweep: {@code rows x QB} doubles of the panel (192 KiB at 256
+     * rows) stay in L2 while every row block {@code p <= q} passes over them, and each result tile
+     * is read and written once per panel, not once per few rows.
+     */
+    private static final int QB = 4 * WIDE;
+
     @Override
     public void syrkUpper(double[] gram, double[] x, int rows, int s) {
-        int p = 0;
-        for (; p + 4 <= s; p += 4) {
-            // Columns from p on: the four rows' entries left of their diagonal inside the first
-            // tile are computed too (the caller mirrors the upper triangle over them).
-            int q = p;
-            for (; q + WIDE <= s; q += WIDE) {
-                tile4x3(gram, x, rows, s, p, q);
+        for (int qb = 0; qb < s; qb += QB) {
+            int qe = Math.min(s, qb + QB);
+            int p = 0;
+            for (; p + 4 <= s && p < qe; p += 4) {
+                // Columns max(qb, p) .. qe: the four rows' entries left of their diagonal inside the
+                // first tile are computed too (the caller mirrors the upper triangle over them).
+                int q = Math.max(qb, p);
+                for (; q + WIDE <= qe; q += WIDE) {
+                    tile4x3(gram, x, rows, s, p, q);
+                }
+                for (; q + LANES <= qe; q += LANES) {
+                    tile4x1(gram, x, rows, s, p, q);
+                }
+                for (int pp = p; pp < p + 4; pp++) {
+                    scalarRow(gram, x, rows, s, pp, Math.max(q, pp), qe);
+                }
             }
-            for (; q + LANES <= s; q += LANES) {
-                tile4x1(gram, x, rows, s, p, q);
+            for (; p < qe; p++) {
+                scalarRow(gram, x, rows, s, p, Math.max(qb, p), qe);
             }
-            for (int pp = p; pp < p + 4; pp++) {
-                scalarRow(gram, x, rows, s, pp, Math.max(q, pp), s);
-            }
-        }
-        for (; p < s; p++) {
-            scalarRow(gram, x, rows, s, p, p, s);
         }
     }
 

@@ -419,8 +419,9 @@ class ProductSpaceTest {
         java.util.Random rnd = new java.util.Random(14);
         GramKernels scalar = new ScalarGram(), vector = new VectorGram();
         // s = 1, primes, one below/above multiples of 8 and 24 (the 4 x 3-vector tile on AVX-512):
-        // every tail of syrkUpper and gemm; rows 1..7 cover the 4-row blocks' tails in gemm.
-        for (int s : new int[] {1, 2, 3, 5, 7, 8, 13, 23, 24, 25, 31, 47, 49, 97}) {
+        // every tail of syrkUpper and gemm; rows 1..7 cover the 4-row blocks' tails in gemm; s above
+        // 96 (the syrk's column block on AVX-512) cover several column sweeps with a ragged last one.
+        for (int s : new int[] {1, 2, 3, 5, 7, 8, 13, 23, 24, 25, 31, 47, 49, 97, 193, 226}) {
             for (int rows : new int[] {1, 3, 4, 7, 33}) {
                 double[] x = new double[rows * s];
                 for (int i = 0; i < x.length; i++) {
