@@ -681,8 +681,9 @@ public final class ProductSpace implements AutoCloseable {
     /**
      * The coefficient split of DESIGN §9: with {@code D = diag(t) - L R^T} for a target {@code t}
      * (the exact or the rank-aware average), {@code ||Bs D As||_F^2 = tr(D^T G_B D G_A)}; the
-     * cancellation happens in D, in float64, so there is no {@code sqrt(u)} floor. {@code X = D^T G_B}
-     * and {@code Z = D G_A} are built from {@code T G} by one rank-one update per output component,
+     * cancellation happens in float64 products of the weights, so there is no {@code sqrt(u)}
+     * floor. {@code X = D^T G_B} and {@code Y = G_A D^T} are built from {@code T G} by one rank-one
+     * update per output component,
      * so every truncation rank in {@code ranks} costs one more {@code S^2} sum.
      * Cost {@code O(S^2 (rank + |ranks|))} for dense coefficients, less for sparse ones; memory {@code 2 S^2} doubles.
      *
@@ -700,17 +701,20 @@ public final class ProductSpace implements AutoCloseable {
                 exactAt, rankAwareAt);
     }
 
-    /** {den, num at full rank}; num at each of {@code ranks} into {@code at}. */
+    /**
+     * {den, num at full rank}; num at each of {@code ranks} into {@code at}. Keeps {@code X = D^T G_B}
+     * and {@code Y = (D G_A)^T = G_A D^T}, both row-major, so that {@code tr(X Y^T)} is one contiguous dot.
+     */
     private static double[] errorSquared(Grams grams, double[] target, Coefficients out, int[] ranks, double[] at) {
         int s = grams.stackRank();
         double[] gb = grams.gramB(), ga = grams.gramA();
         double den = 0;
-        double[] x = new double[s * s], z = new double[s * s];
+        double[] x = new double[s * s], y = new double[s * s];
         for (int p = 0; p < s; p++) {
             for (int q = 0; q < s; q++) {
                 int i = p * s + q;
                 x[i] = target[p] * gb[i];
-                z[i] = target[p] * ga[i];
+                y[i] = ga[i] * target[q];
                 den += target[p] * target[q] * gb[i] * ga[i];
             }
         }
@@ -718,13 +722,13 @@ public final class ProductSpace implements AutoCloseable {
         double[] g = new double[s], h = new double[s];
         for (int r = 0; r < ranks.length; r++) {
             if (Math.min(ranks[r], rank) <= 0) {
-                at[r] = trace(x, z, s);
+                at[r] = dot(x, y);
             }
         }
         for (int i = 0; i < rank; i++) {
             int[] li = out.leftIndex(i), ri = out.rightIndex(i);
             double[] lv = out.leftValue(i), rv = out.rightValue(i);
-            // g = L_i^T G_B; X -= R_i g^T.   h = R_i^T G_A; Z -= L_i h^T.
+            // g = L_i^T G_B; X -= R_i g^T.   h = G_A R_i; Y -= h L_i^T.
             Arrays.fill(g, 0);
             Arrays.fill(h, 0);
             for (int e = 0; e < li.length; e++) {
@@ -736,16 +740,44 @@ public final class ProductSpace implements AutoCloseable {
             for (int e = 0; e < ri.length; e++) {
                 axpyInto(x, ri[e] * s, -rv[e], g, s);
             }
-            for (int e = 0; e < li.length; e++) {
-                axpyInto(z, li[e] * s, -lv[e], h, s);
+            if (li.length == s) {
+                for (int p = 0; p < s; p++) {
+                    axpyIntoScattered(y, p * s, -h[p], li, lv);
+                }
+            } else {
+                for (int e = 0; e < li.length; e++) {
+                    double l = -lv[e];
+                    for (int p = 0, q = li[e]; p < s; p++, q += s) {
+                        y[q] = Math.fma(h[p], l, y[q]);
+                    }
+                }
             }
             for (int r = 0; r < ranks.length; r++) {
                 if (Math.min(ranks[r], rank) == i + 1) {
-                    at[r] = trace(x, z, s);
+                    at[r] = dot(x, y);
                 }
             }
         }
-        return new double[] {den, trace(x, z, s)};
+        return new double[] {den, dot(x, y)};
+    }
+
+    /** y[from + index[e]] += a * value[e]. */
+    private static void axpyIntoScattered(double[] y, int from, double a, int[] index, double[] value) {
+        if (a == 0) {
+            return;
+        }
+        for (int e = 0; e < index.length; e++) {
+            y[from + index[e]] = Math.fma(a, value[e], y[from + index[e]]);
+        }
+    }
+
+    /** sum_i x[i] y[i] = tr(X Y^T). */
+    private static double dot(double[] x, double[] y) {
+        double sum = 0;
+        for (int i = 0; i < x.length; i++) {
+            sum = Math.fma(x[i], y[i], sum);
+        }
+        return sum;
     }
 
     /** y += a * x[from .. from + n]. */
@@ -766,16 +798,5 @@ public final class ProductSpace implements AutoCloseable {
         for (int q = 0; q < n; q++) {
             y[from + q] = Math.fma(a, x[q], y[from + q]);
         }
-    }
-
-    /** sum_{p,q} X[p,q] Z[q,p] = tr(X Z). */
-    private static double trace(double[] x, double[] z, int s) {
-        double sum = 0;
-        for (int p = 0; p < s; p++) {
-            for (int q = 0; q < s; q++) {
-                sum += x[p * s + q] * z[q * s + p];
-            }
-        }
-        return sum;
     }
 }
