@@ -47,7 +47,10 @@ class BackendLoggingTest {
     static ChildJvm.Result probe(String classPath, String... jvmArgs) throws Exception {
         List<String> args = new ArrayList<>(List.of("--enable-native-access=ALL-UNNAMED"));
         args.addAll(List.of(jvmArgs));
-        return ChildJvm.run(TwoAggregatorsMain.class, classPath, args, Map.of("FEDLORA_QUIET", "0"));
+        Map<String, String> env = new java.util.HashMap<>();
+        env.put("FEDLORA_QUIET", "0");
+        env.put("LD_LIBRARY_PATH", null); // no device emulator: the CPU case this test is about
+        return ChildJvm.run(TwoAggregatorsMain.class, classPath, args, env);
     }
 
     static long count(String output, String text) {
