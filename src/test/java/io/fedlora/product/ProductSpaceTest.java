@@ -422,7 +422,8 @@ class ProductSpaceTest {
         // every tail of syrkUpper and gemm; rows 1..7 cover the 4-row blocks' tails in gemm; s above
         // 96 (the syrk's column block on AVX-512) cover several column sweeps with a ragged last one.
         for (int s : new int[] {1, 2, 3, 5, 7, 8, 13, 23, 24, 25, 31, 47, 49, 97, 193, 226}) {
-            for (int rows : new int[] {1, 3, 4, 7, 33}) {
+            // rows 65 and 130: the syrk sweeps panels in chunks of 64 rows, with a ragged last one.
+            for (int rows : new int[] {1, 3, 4, 7, 33, 65, 130}) {
                 double[] x = new double[rows * s];
                 for (int i = 0; i < x.length; i++) {
                     x[i] = (float) rnd.nextGaussian();
