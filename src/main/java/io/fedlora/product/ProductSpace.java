@@ -305,50 +305,41 @@ public final class ProductSpace implements AutoCloseable {
         LOG.debug("module {}: SVD by the Gram route (S = {}, {} x {}, rank {})", grams.module(), s, m, n, rank);
         double[] colScale = columnScale(grams);
         boolean big = s >= CONCURRENT_MIN && threads > 1;
-        // G_U = diag(c) G_B diag(c), then both eigendecompositions, negative eigenvalues clamped.
+        // G_U = diag(c) G_B diag(c); square roots G_U = F_U F_U^T, G_A = F_V F_V^T (R = F^T).
         DMatrixRMaj gu = new DMatrixRMaj(s, s);
         for (int p = 0; p < s; p++) {
             for (int q = 0; q < s; q++) {
                 gu.data[p * s + q] = colScale[p] * grams.gramB()[p * s + q] * colScale[q];
             }
         }
-        double[] lu = new double[s], lv = new double[s];
-        DMatrixRMaj eu = symmetricEigen(grams.module(), gu, lu, big);
-        DMatrixRMaj ev = symmetricEigen(grams.module(), DMatrixRMaj.wrap(s, s, grams.gramA().clone()), lv, big);
-        double luMax = 0, lvMax = 0;
-        for (int p = 0; p < s; p++) {
-            lu[p] = Math.sqrt(Math.max(lu[p], 0));
-            lv[p] = Math.sqrt(Math.max(lv[p], 0));
-            luMax = Math.max(luMax, lu[p]);
-            lvMax = Math.max(lvMax, lv[p]);
-        }
-        // Core C = diag(l_U) E_U^T E_V diag(l_V) = R_U R_V^T with R = Lambda^1/2 E^T.
-        DMatrixRMaj core = new DMatrixRMaj(s, s);
+        Root ru = squareRoot(grams.module(), gu, big);
+        Root rv = squareRoot(grams.module(), DMatrixRMaj.wrap(s, s, grams.gramA().clone()), big);
+        // Core C = F_U^T F_V = R_U R_V^T.
+        DMatrixRMaj core = new DMatrixRMaj(ru.factor.numCols, rv.factor.numCols);
         if (big) {
-            CommonOps_MT_DDRM.multTransA(eu, ev, core);
+            CommonOps_MT_DDRM.multTransA(ru.factor, rv.factor, core);
         } else {
-            CommonOps_DDRM.multTransA(eu, ev, core);
-        }
-        for (int p = 0; p < s; p++) {
-            for (int q = 0; q < s; q++) {
-                core.data[p * s + q] *= lu[p] * lv[q];
-            }
+            CommonOps_DDRM.multTransA(ru.factor, rv.factor, core);
         }
         Svd svd = svd(grams.module(), core, big);
-        double tau = Math.sqrt(U64) * luMax * lvMax;
+        double tau = Math.sqrt(U64) * ru.norm * rv.norm;
         int t = kept(svd.sigma, tau, rank);
-        // T_U = E_V diag(l_V) Z_t diag(1/sigma), T_V = E_U diag(l_U) W_t diag(1/sigma): only kept
-        // singular values are inverted, never a Gram eigenvalue.
-        DMatrixRMaj zt = new DMatrixRMaj(s, t), wt = new DMatrixRMaj(s, t);
-        for (int q = 0; q < s; q++) {
+        // T_U = F_V Z_t diag(1/sigma), T_V = F_U W_t diag(1/sigma): only kept singular values are
+        // inverted, never a Gram eigenvalue or pivot.
+        DMatrixRMaj zt = new DMatrixRMaj(rv.factor.numCols, t), wt = new DMatrixRMaj(ru.factor.numCols, t);
+        for (int q = 0; q < zt.numRows; q++) {
             for (int i = 0; i < t; i++) {
-                zt.data[q * t + i] = lv[q] * svd.right.get(q, i) / svd.sigma[i];
-                wt.data[q * t + i] = lu[q] * svd.left.get(q, i) / svd.sigma[i];
+                zt.data[q * t + i] = svd.right.get(q, i) / svd.sigma[i];
+            }
+        }
+        for (int q = 0; q < wt.numRows; q++) {
+            for (int i = 0; i < t; i++) {
+                wt.data[q * t + i] = svd.left.get(q, i) / svd.sigma[i];
             }
         }
         DMatrixRMaj tu = new DMatrixRMaj(s, t), tv = new DMatrixRMaj(s, t);
-        CommonOps_DDRM.mult(ev, zt, tu);
-        CommonOps_DDRM.mult(eu, wt, tv);
+        CommonOps_DDRM.mult(rv.factor, zt, tu);
+        CommonOps_DDRM.mult(ru.factor, wt, tv);
         double[] coefB = new double[s * t];
         for (int p = 0; p < s; p++) {
             for (int i = 0; i < t; i++) {
@@ -570,8 +561,131 @@ public final class ProductSpace implements AutoCloseable {
         }
     }
 
-    /** A symmetric eigendecomposition; eigenvalues into {@code values}, eigenvectors as columns. */
-    private static DMatrixRMaj symmetricEigen(String module, DMatrixRMaj g, double[] values, boolean big) {
+    /** A square root {@code F} ({@code S x rho}) of a Gram matrix, {@code G = F F^T}, and {@code ||F||_2}. */
+    record Root(DMatrixRMaj factor, double norm) {
+    }
+
+    /**
+     * System property: "eigen" takes square roots by symmetric eigendecomposition
+     * ({@code F = E Lambda^1/2}, negative eigenvalues clamped), as PRODUCT_SPACE.md S2 states it;
+     * the default, pivoted Cholesky, gives an equivalent root at a twentieth of the cost.
+     */
+    static final String ROOT_PROPERTY = "fedlora.product.root";
+
+    static Root squareRoot(String module, DMatrixRMaj g, boolean big) {
+        return "eigen".equals(System.getProperty(ROOT_PROPERTY)) ? eigenRoot(module, g, big) : choleskyRoot(g);
+    }
+
+    /**
+     * Pivoted Cholesky (LAPACK dpstrf's rule): {@code G[order[a], order[b]] = sum_k L[a][k] L[b][k]};
+     * at each step the largest remaining diagonal is the pivot, and the factorisation stops when it is
+     * at most {@code S u max(diag G)}, so the root has the numerical rank of G as its width: duplicate,
+     * zero or collinear clients give a narrower core, never a division by a tiny pivot. Left-looking,
+     * so every step is contiguous dot products of rows of L: {@code S^3 / 3} flops.
+     */
+    static Root choleskyRoot(DMatrixRMaj g) {
+        int s = g.numRows;
+        int[] order = new int[s];
+        double[] d = new double[s];
+        double maxDiag = 0;
+        for (int i = 0; i < s; i++) {
+            order[i] = i;
+            d[i] = g.data[i * s + i];
+            maxDiag = Math.max(maxDiag, d[i]);
+        }
+        double tol = s * U64 * maxDiag;
+        double[] l = new double[s * s];
+        int rank = 0;
+        for (int j = 0; j < s; j++) {
+            int pivot = j;
+            for (int t = j + 1; t < s; t++) {
+                if (d[t] > d[pivot]) {
+                    pivot = t;
+                }
+            }
+            if (!(d[pivot] > tol)) {
+                break;
+            }
+            if (pivot != j) {
+                int o = order[j];
+                order[j] = order[pivot];
+                order[pivot] = o;
+                double x = d[j];
+                d[j] = d[pivot];
+                d[pivot] = x;
+                for (int k = 0; k < j; k++) {
+                    double y = l[j * s + k];
+                    l[j * s + k] = l[pivot * s + k];
+                    l[pivot * s + k] = y;
+                }
+            }
+            double ljj = Math.sqrt(d[j]);
+            l[j * s + j] = ljj;
+            int gj = order[j] * s;
+            for (int t = j + 1; t < s; t++) {
+                double sum = g.data[gj + order[t]];
+                int lt = t * s, lj = j * s;
+                for (int k = 0; k < j; k++) {
+                    sum -= l[lt + k] * l[lj + k];
+                }
+                double v = sum / ljj;
+                l[lt + j] = v;
+                d[t] -= v * v;
+            }
+            rank++;
+        }
+        DMatrixRMaj f = new DMatrixRMaj(s, rank);
+        for (int a = 0; a < s; a++) {
+            System.arraycopy(l, a * s, f.data, order[a] * rank, rank);
+        }
+        return new Root(f, spectralNorm(f));
+    }
+
+    /** {@code ||F||_2} by power iteration on {@code F^T F} (30 steps from a fixed start): the floor needs no more. */
+    private static double spectralNorm(DMatrixRMaj f) {
+        int rows = f.numRows, cols = f.numCols;
+        if (cols == 0) {
+            return 0;
+        }
+        double[] x = new double[cols], y = new double[rows];
+        for (int i = 0; i < cols; i++) {
+            x[i] = 1 + 0.01 * i;
+        }
+        double lambda = 0;
+        for (int it = 0; it < 30; it++) {
+            double nx = 0;
+            for (double v : x) {
+                nx += v * v;
+            }
+            nx = Math.sqrt(nx);
+            if (nx == 0) {
+                return 0;
+            }
+            for (int i = 0; i < cols; i++) {
+                x[i] /= nx;
+            }
+            for (int r = 0; r < rows; r++) {
+                double sum = 0;
+                for (int i = 0; i < cols; i++) {
+                    sum += f.data[r * cols + i] * x[i];
+                }
+                y[r] = sum;
+            }
+            java.util.Arrays.fill(x, 0);
+            double ny = 0;
+            for (int r = 0; r < rows; r++) {
+                ny += y[r] * y[r];
+                for (int i = 0; i < cols; i++) {
+                    x[i] += f.data[r * cols + i] * y[r];
+                }
+            }
+            lambda = ny;
+        }
+        return Math.sqrt(lambda);
+    }
+
+    /** {@code F = E diag(sqrt(max(lambda, 0)))} from a symmetric eigendecomposition. */
+    static Root eigenRoot(String module, DMatrixRMaj g, boolean big) {
         int s = g.numRows;
         EigenDecomposition_F64<DMatrixRMaj> eig = big ? DecompositionFactory_MT_DDRM.eig(s, true, true)
                 : DecompositionFactory_DDRM.eig(s, true, true);
@@ -579,15 +693,17 @@ public final class ProductSpace implements AutoCloseable {
             throw new ArithmeticException("module " + module + ": symmetric eigendecomposition of a " + s + " x " + s
                     + " Gram matrix did not converge");
         }
-        DMatrixRMaj vectors = new DMatrixRMaj(s, s);
+        DMatrixRMaj f = new DMatrixRMaj(s, s);
+        double max = 0;
         for (int i = 0; i < s; i++) {
-            values[i] = eig.getEigenvalue(i).real;
+            double root = Math.sqrt(Math.max(eig.getEigenvalue(i).real, 0));
+            max = Math.max(max, root);
             DMatrixRMaj v = eig.getEigenVector(i);
             for (int p = 0; p < s; p++) {
-                vectors.data[p * s + i] = v == null ? 0 : v.data[p];
+                f.data[p * s + i] = v == null ? 0 : v.data[p] * root;
             }
         }
-        return vectors;
+        return new Root(f, max);
     }
 
     /** Singular values descending, with their left and right vectors as columns. */

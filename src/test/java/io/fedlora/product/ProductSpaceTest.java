@@ -164,6 +164,31 @@ class ProductSpaceTest {
         }
     }
 
+    @Test
+    void choleskyAndEigenRootsGiveTheSameFactors() {
+        // Duplicates make both Gram matrices singular: the pivoted Cholesky stops at their rank.
+        List<ModuleFactors> base = Dense64.clients(19, 44, 38, new int[] {3, 7, 5}, new double[] {1, 2, 1}, null);
+        List<ModuleFactors> clients = new ArrayList<>(base);
+        clients.add(base.get(1));
+        try (ProductSpace ps = space("vector")) {
+            LowRank cholesky = ps.svd("c", clients, 12, Split.FLEXLORA, 1.0, Fill.ORTH);
+            LowRank eigen;
+            System.setProperty(ProductSpace.ROOT_PROPERTY, "eigen");
+            try {
+                eigen = ps.svd("c", clients, 12, Split.FLEXLORA, 1.0, Fill.ORTH);
+            } finally {
+                System.clearProperty(ProductSpace.ROOT_PROPERTY);
+            }
+            assertEquals(12, cholesky.numericalRank());
+            assertEquals(eigen.numericalRank(), cholesky.numericalRank());
+            checkAgainstDense(clients, cholesky, 12, 1.0, Split.FLEXLORA);
+            checkAgainstDense(clients, eigen, 12, 1.0, Split.FLEXLORA);
+            ProductSpace.Root root = ProductSpace.choleskyRoot(Dense64.of(Matrix.of(new float[] {4, 2, 2, 1}, 2, 2)));
+            assertEquals(1, root.factor().numCols, "a rank-1 Gram matrix has a rank-1 root");
+            assertEquals(Math.sqrt(5), root.norm(), 1e-12);
+        }
+    }
+
     // ---- DESIGN §9 edge cases -------------------------------------------------------------------
 
     @ParameterizedTest
