@@ -171,18 +171,23 @@ class ProductSpaceTest {
         List<ModuleFactors> clients = new ArrayList<>(base);
         clients.add(base.get(1));
         try (ProductSpace ps = space("vector")) {
-            LowRank cholesky = ps.svd("c", clients, 12, Split.FLEXLORA, 1.0, Fill.ORTH);
+            // R = 20 above the true rank 15: the floor decides what is kept (without it the eigen
+            // root's round-off eigenvalues came through as extra components).
+            LowRank cholesky = ps.svd("c", clients, 20, Split.FLEXLORA, 1.0, Fill.ORTH);
             LowRank eigen;
             System.setProperty(ProductSpace.ROOT_PROPERTY, "eigen");
             try {
-                eigen = ps.svd("c", clients, 12, Split.FLEXLORA, 1.0, Fill.ORTH);
+                eigen = ps.svd("c", clients, 20, Split.FLEXLORA, 1.0, Fill.ORTH);
             } finally {
                 System.clearProperty(ProductSpace.ROOT_PROPERTY);
             }
-            assertEquals(12, cholesky.numericalRank());
-            assertEquals(eigen.numericalRank(), cholesky.numericalRank());
-            checkAgainstDense(clients, cholesky, 12, 1.0, Split.FLEXLORA);
-            checkAgainstDense(clients, eigen, 12, 1.0, Split.FLEXLORA);
+            assertEquals(15, cholesky.numericalRank());
+            assertEquals(15, eigen.numericalRank());
+            checkAgainstDense(clients, cholesky, 20, 1.0, Split.FLEXLORA);
+            checkAgainstDense(clients, eigen, 20, 1.0, Split.FLEXLORA);
+            // The root of the Gram matrix has its numerical rank as width: 15 of 22 (the duplicate).
+            assertEquals(15, ProductSpace.choleskyRoot(DMatrixRMaj.wrap(22, 22, ps.grams("c", clients).gramA().clone()))
+                    .factor().numCols);
             ProductSpace.Root root = ProductSpace.choleskyRoot(Dense64.of(Matrix.of(new float[] {4, 2, 2, 1}, 2, 2)));
             assertEquals(1, root.factor().numCols, "a rank-1 Gram matrix has a rank-1 root");
             assertEquals(Math.sqrt(5), root.norm(), 1e-12);
@@ -195,9 +200,11 @@ class ProductSpaceTest {
     @ValueSource(strings = {"scalar", "vector"})
     void duplicateAndZeroClientsKeepTheTrueRank(String kernels) {
         List<ModuleFactors> base = Dense64.clients(5, 50, 45, new int[] {5, 9}, new double[] {1, 2}, null);
-        List<ModuleFactors> clients = new ArrayList<>(base);
-        clients.addAll(base);                       // duplicates: S = 28, true rank 14
+        // The zero client first: an unpivoted Cholesky would stop at its zero pivot and find rank 0.
+        List<ModuleFactors> clients = new ArrayList<>();
         clients.add(new ModuleFactors("zero", Matrix.of(new float[3 * 45], 3, 45), Matrix.of(new float[50 * 3], 50, 3), 2, 1));
+        clients.addAll(base);
+        clients.addAll(base);                       // duplicates: S = 31, true rank 14
         try (ProductSpace ps = space(kernels)) {
             LowRank out = ps.svd("d", clients, 20, Split.FLEXLORA, 1.0, Fill.ORTH);
             assertEquals(14, out.numericalRank());
