@@ -110,10 +110,11 @@ CUresult cuEventDestroy_v2(CUevent event);
 const char* fedlora_emu_last_error(void);
 /* The scheduler seed (as FEDLORA_EMU_SEED); re-ranks the live streams. */
 void fedlora_emu_set_seed(unsigned long long seed);
-/* Makes the nth next call of `function` (e.g. "cuMemAlloc") fail with CUDA_ERROR_UNKNOWN; 0 disarms. */
-void fedlora_emu_fail(const char* function, int nth);
-/* Live device allocations plus live pinned host buffers, of every context. */
-int fedlora_emu_live_allocations(void);
+/* Makes the nth next call of `function` (e.g. "cuMemAlloc") fail with CUDA_ERROR_UNKNOWN; 0 disarms.
+   Returns how many calls the previously armed failure still had to wait (0: it fired or none was armed). */
+int fedlora_emu_fail(const char* function, int nth);
+/* Live device allocations, pinned host buffers, streams, events and modules, of every context. */
+int fedlora_emu_live_objects(void);
 
 #ifdef __cplusplus
 }

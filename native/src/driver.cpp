@@ -523,17 +523,19 @@ EXPORT void fedlora_emu_set_seed(unsigned long long new_seed)
     for (CUstream stream : streams) stream->priority = next_random();
 }
 
-EXPORT void fedlora_emu_fail(const char* function, int nth)
+EXPORT int fedlora_emu_fail(const char* function, int nth)
 {
     LOCKED;
+    int left = fail_countdown;
     fail_function = function != nullptr ? function : "";
     fail_countdown = nth;
+    return left;
 }
 
-EXPORT int fedlora_emu_live_allocations(void)
+EXPORT int fedlora_emu_live_objects(void)
 {
     LOCKED;
-    return static_cast<int>(allocations.size() + host_allocations.size());
+    return static_cast<int>(allocations.size() + host_allocations.size() + streams.size() + events.size() + modules.size());
 }
 
 EXPORT CUresult cuInit(unsigned int flags)

@@ -186,7 +186,9 @@ int main(int argc, char** argv)
     OK(cuMemAlloc_v2(&injected, 4));
     FAILS_WITH(CUDA_ERROR_UNKNOWN, cuMemAlloc_v2(&big, 4), "failure injected");
     OK(cuMemFree_v2(injected));
-    EXPECT(fedlora_emu_live_allocations() == 4, "live allocations %d", fedlora_emu_live_allocations());
+    EXPECT(fedlora_emu_fail("cuMemAlloc", 0) == 0, "the armed failure did not fire");
+    /* buffer, pinned, sums, src; the stream; the module */
+    EXPECT(fedlora_emu_live_objects() == 6, "live objects %d", fedlora_emu_live_objects());
 
     /* A host pointer as a kernel argument is refused at launch. */
     CUdeviceptr wild = (CUdeviceptr) (size_t) host;

@@ -26,14 +26,14 @@ class CudaLifecycleTest {
     @Test
     void theBackendFreesEveryAllocation() {
         assumeTrue(Emulator.present(), "exact allocation accounting is the emulator's");
-        int before = Emulator.liveAllocations();
+        int before = Emulator.liveObjects();
         try (CudaKernels own = new CudaKernels()) {
             own.newAccumulator(3, 5).add(Matrix.of(new float[15], 3, 5), 1f);
             own.newAccumulator(2, 2); // left open: the backend's close() frees it
             own.weightedSum(new float[6], 2, 3, new Matrix[] {Matrix.of(new float[6], 2, 3)}, new float[] {1f},
                     new float[] {1f, 2f}, null);
-            assertTrue(Emulator.liveAllocations() > before);
+            assertTrue(Emulator.liveObjects() > before);
         }
-        assertEquals(before, Emulator.liveAllocations());
+        assertEquals(before, Emulator.liveObjects());
     }
 }

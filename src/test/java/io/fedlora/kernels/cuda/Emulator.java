@@ -47,20 +47,23 @@ final class Emulator {
         }
     }
 
-    /** The nth next call of {@code function} fails with CUDA_ERROR_UNKNOWN; 0 disarms. */
-    static void fail(String function, int nth) {
+    /**
+     * The nth next call of {@code function} fails with CUDA_ERROR_UNKNOWN; 0 disarms. Returns how
+     * many calls the previously armed failure still had to wait (0: it fired, or none was armed).
+     */
+    static int fail(String function, int nth) {
         try (Arena arena = Arena.ofConfined()) {
-            handle("fedlora_emu_fail", FunctionDescriptor.ofVoid(ValueLayout.ADDRESS, ValueLayout.JAVA_INT))
-                    .invokeExact(arena.allocateFrom(function), nth);
+            return (int) handle("fedlora_emu_fail", FunctionDescriptor.of(ValueLayout.JAVA_INT, ValueLayout.ADDRESS,
+                    ValueLayout.JAVA_INT)).invokeExact(arena.allocateFrom(function), nth);
         } catch (Throwable t) {
             throw new AssertionError(t);
         }
     }
 
-    /** Live device allocations plus pinned host buffers. */
-    static int liveAllocations() {
+    /** Live device allocations, pinned host buffers, streams, events and modules. */
+    static int liveObjects() {
         try {
-            return (int) handle("fedlora_emu_live_allocations", FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
+            return (int) handle("fedlora_emu_live_objects", FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
         } catch (Throwable t) {
             throw new AssertionError(t);
         }
