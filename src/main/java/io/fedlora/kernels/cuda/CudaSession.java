@@ -142,7 +142,7 @@ final class CudaSession implements AutoCloseable {
      * cuModuleLoadDataEx (through JCuda's JITOptions) with an error log buffer, so that a driver's
      * refusal of the PTX arrives with ptxas' reason instead of a bare CUresult.
      */
-    private static CUmodule load(String ptx) {
+    static CUmodule load(String ptx) {
         CUmodule loaded = new CUmodule();
         JITOptions jit = new JITOptions();
         jit.putBytes(CUjit_option.CU_JIT_ERROR_LOG_BUFFER, new byte[JIT_LOG_BYTES]);

@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.fedlora.tensor.DType;
 import java.io.IOException;
@@ -38,6 +39,18 @@ class CudaPtxTest {
         assertEquals(5, sizes.size(), sizes.keySet().toString());
         assertArrayEquals(new int[] {16, 2}, CudaSession.entryParameterSizes(
                 ".visible .entry k(\n\t.param .align 8 .b8 k_param_0[16],\n\t.param .u16 k_param_1\n)\n").get("k"));
+    }
+
+    @Test
+    void aRefusedPtxArrivesWithTheDriversErrorLog() {
+        assumeTrue(Emulator.present(), "the refusal text is the emulator's; a real driver writes ptxas' own");
+        assertTrue(CudaKernels.isAvailable(), CudaKernels.unavailabilityCause());
+        try (CudaSession session = new CudaSession()) {
+            String newer = CudaSession.ptx().replace(".version 7.8", ".version 9.1");
+            CudaFailure refused = assertThrows(CudaFailure.class, () -> CudaSession.load(newer));
+            assertEquals("cuModuleLoadDataEx refused fedlora's PTX: CUDA_ERROR_UNSUPPORTED_PTX_VERSION: PTX ISA 9.1 is newer"
+                    + " than the 8.0 a CUDA 12.0 driver loads", refused.getMessage());
+        }
     }
 
     @Test
