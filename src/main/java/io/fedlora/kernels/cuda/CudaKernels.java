@@ -108,6 +108,16 @@ public final class CudaKernels implements Kernels {
         }
     }
 
+    /** The dense-algebra calls (float64 GEMM and SYRK through cuBLAS), for the product-space operations of the SPI. */
+    DenseAlgebra denseAlgebra() {
+        return dense;
+    }
+
+    /** The session's lock: callers of {@link #denseAlgebra()} hold it around their calls. */
+    Object lock() {
+        return session;
+    }
+
     /** For bin/gpu-check's per-kernel harness: validates kernels over several block sizes. */
     void threadsPerBlock(int threads) {
         synchronized (session) {

@@ -3,6 +3,8 @@ package io.fedlora.kernels.cuda;
 import jcuda.Pointer;
 import jcuda.driver.CUdeviceptr;
 import jcuda.jcublas.JCublas2;
+import jcuda.driver.JCudaDriver;
+import jcuda.jcublas.cublasFillMode;
 import jcuda.jcublas.cublasHandle;
 import jcuda.jcublas.cublasOperation;
 import jcuda.jcublas.cublasStatus;
@@ -88,6 +90,56 @@ final class DenseAlgebra implements AutoCloseable {
         int first = transposeFirst ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N;
         int second = transposeFirst ? cublasOperation.CUBLAS_OP_N : cublasOperation.CUBLAS_OP_T;
         check(JCublas2.cublasSgemm(blas, first, second, r, r, inner, one, x, ld, x, ld, beta, c, r), "cublasSgemm");
+    }
+
+    /**
+     * {@code C = alpha op(A) op(B) + beta C} in float64, column-major host arrays (op(A) is
+     * {@code m x k}, op(B) {@code k x n}, C {@code m x n}); returns C. For the product-space
+     * algebra (DESIGN §9: stacked Gram blocks, the SVD's back-projections), whose float64 accuracy
+     * the float32 kernels cannot give. Synchronous: uploads, runs, downloads.
+     */
+    double[] gemm(String operation, boolean transA, boolean transB, int m, int n, int k, double alpha, double[] a, int lda,
+            double[] b, int ldb, double beta, double[] c, int ldc) {
+        cublasHandle blas = handle(operation);
+        try (CudaSession.Scope scope = session.scope()) {
+            CUdeviceptr da = upload(scope, a, "GEMM A"), db = upload(scope, b, "GEMM B"), dc = upload(scope, c, "GEMM C");
+            check(JCublas2.cublasDgemm(blas, transA ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N,
+                    transB ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, m, n, k, Pointer.to(new double[] {alpha}),
+                    da, lda, db, ldb, Pointer.to(new double[] {beta}), dc, ldc), "cublasDgemm");
+            return download(dc, c.length);
+        }
+    }
+
+    /**
+     * {@code C = alpha op(A) op(A)^T + beta C} on the {@code upper} (else lower) triangle of the
+     * {@code n x n} C, float64, column-major host arrays; op(A) is {@code n x k} (A, or A^T when
+     * {@code transA}). The other triangle is returned as given. The Gram matrices {@code As As^T}
+     * and {@code Bs^T Bs} of DESIGN §9 are exactly this.
+     */
+    double[] syrk(String operation, boolean upper, boolean transA, int n, int k, double alpha, double[] a, int lda, double beta,
+            double[] c, int ldc) {
+        cublasHandle blas = handle(operation);
+        try (CudaSession.Scope scope = session.scope()) {
+            CUdeviceptr da = upload(scope, a, "SYRK A"), dc = upload(scope, c, "SYRK C");
+            check(JCublas2.cublasDsyrk(blas, upper ? cublasFillMode.CUBLAS_FILL_MODE_UPPER : cublasFillMode.CUBLAS_FILL_MODE_LOWER,
+                    transA ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, n, k, Pointer.to(new double[] {alpha}), da,
+                    lda, Pointer.to(new double[] {beta}), dc, ldc), "cublasDsyrk");
+            return download(dc, c.length);
+        }
+    }
+
+    private static CUdeviceptr upload(CudaSession.Scope scope, double[] values, String what) {
+        CUdeviceptr pointer = scope.alloc((long) values.length * Double.BYTES, what);
+        CudaFailure.check(JCudaDriver.cuMemcpyHtoD(pointer, Pointer.to(values), (long) values.length * Double.BYTES),
+                "cuMemcpyHtoD(" + what + ")");
+        return pointer;
+    }
+
+    private double[] download(CUdeviceptr from, int count) {
+        double[] values = new double[count];
+        session.synchronize();
+        CudaFailure.check(JCudaDriver.cuMemcpyDtoH(Pointer.to(values), from, (long) count * Double.BYTES), "cuMemcpyDtoH");
+        return values;
     }
 
     /** Makes sure cuBLAS is there before an operation allocates anything for it. */

@@ -78,6 +78,7 @@ class CudaChildProcessTest {
         assertTrue(r.output().contains("norm refused: the CUDA backend's loraNormSquared (NORM weights) needs cuBLAS"
                 + " (libcublas.so.12), which could not be loaded: "), r.output());
         assertTrue(r.output().contains("libcublas.so.12: cannot open shared object file"), r.output());
+        assertTrue(r.output().contains("gemm refused: the CUDA backend's product-space GEMM needs cuBLAS"), r.output());
     }
 
     @Test

@@ -81,6 +81,16 @@ public final class EmulatorChild {
             } catch (UnsupportedOperationException e) {
                 System.out.println("norm refused: " + e.getMessage());
             }
+            try {
+                synchronized (cuda.lock()) {
+                    cuda.freeDeviceBytes();
+                    cuda.denseAlgebra().gemm("product-space GEMM", false, false, 1, 1, 1, 1, new double[1], 1, new double[1], 1,
+                            0, new double[1], 1);
+                }
+                ok &= check("gemm refused", false);
+            } catch (UnsupportedOperationException e) {
+                System.out.println("gemm refused: " + e.getMessage());
+            }
             System.out.println("dense cause=" + CudaKernels.denseAlgebraUnavailabilityCause());
         }
         System.exit(ok ? 0 : 1);
