@@ -198,8 +198,17 @@ public final class CudaKernels implements Kernels {
         }
     }
 
+    /**
+     * On the host ({@link HostScan}): host-resident data read once here costs less than packing
+     * and uploading it, and the client then crosses PCIe once, for its sum. Needs no device lock.
+     */
     @Override
     public boolean allFinite(Matrix src) {
+        return HostScan.allFinite(src, ring.packers(), StagingRing.PACKERS);
+    }
+
+    /** The device kernel fedlora_all_finite, for data that is on the device (and validated by bin/gpu-check). */
+    boolean deviceAllFinite(Matrix src) {
         synchronized (session) {
             session.makeCurrent();
             try (CudaSession.Scope scope = session.scope()) {

@@ -209,7 +209,7 @@ final class StagingRing implements AutoCloseable {
         }
     }
 
-    private synchronized ExecutorService packers() {
+    synchronized ExecutorService packers() {
         if (packers == null) {
             packers = Executors.newFixedThreadPool(PACKERS, task -> {
                 Thread thread = new Thread(task, "fedlora-cuda-packer");

@@ -54,7 +54,8 @@ class CudaFailureTest {
         switch (name) {
             case "weightedSum" -> kernels.weightedSum(out, 9, 40, sources, weights, rowScale, null);
             case "pad" -> kernels.pad(out, 9, 40, sources[1], new float[9 * 40]);
-            case "allFinite" -> out[0] = kernels.allFinite(sources[2]) ? 1 : 0;
+            case "allFinite" -> out[0] = (kernels instanceof CudaKernels cuda ? cuda.deviceAllFinite(sources[2])
+                    : kernels.allFinite(sources[2])) ? 1 : 0;
             case "loraNormSquared" -> out[0] = (float) kernels.loraNormSquared(sources[0].corner(4, 40), normB);
             case "accumulator" -> {
                 try (Accumulator a = kernels.newAccumulator(7, 31); Accumulator b = kernels.newAccumulator(9, 40)) {

@@ -116,7 +116,10 @@ public final class GpuCheck {
             float[] padGot = new float[donor.length];
             cuda.pad(padGot, rows + 5, cols + 7, sources[1], donor);
             cells.get(2).add(verdict(Arrays.equals(padWant, padGot)));
-            cells.get(3).add(verdict(cuda.allFinite(sources[0]) && cuda.allFinite(sources[2])));
+            Matrix bad = CudaStreamOrderTest.matrix(random, DType.BF16, 3, cols, cols);
+            bad.dtype().set(bad.data(), 2L * cols + cols / 2, Float.NaN);
+            cells.get(3).add(verdict(cuda.deviceAllFinite(sources[0]) && cuda.deviceAllFinite(sources[2])
+                    && !cuda.deviceAllFinite(bad)));
             if (DenseAlgebra.unavailabilityCause() == null) {
                 double normGot = cuda.loraNormSquared(a, b);
                 cells.get(4).add(verdict(Math.abs(normGot - normWant) <= 1e-5 * normWant));
