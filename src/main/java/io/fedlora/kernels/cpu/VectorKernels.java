@@ -112,7 +112,8 @@ public final class VectorKernels extends CpuKernels {
      * two kinds of segment have passed (heap, native, mapped), several times slower on short rows.
      */
     private static float[] floatArray(MemorySegment src, DType dtype) {
-        return dtype == DType.F32 && src.heapBase().orElse(null) instanceof float[] array ? array : null;
+        return dtype == DType.F32 && src.address() % Float.BYTES == 0
+                && src.heapBase().orElse(null) instanceof float[] array ? array : null;
     }
 
     /**
