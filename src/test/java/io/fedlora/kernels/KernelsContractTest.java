@@ -47,7 +47,7 @@ public abstract class KernelsContractTest {
     static final int[][] SHAPES = {{1, 1}, {3, 7}, {5, 13}, {7, 61}, {64, 5}, {2, 1031}, {3, 8209}, {1, 131101}, {4099, 37}};
 
     /** Non-dyadic weights: products and sums of these round, so every rounding step shows. */
-    static final float[] WEIGHTS = {0.3f, 1f / 3, 7.1f, 0.7f};
+    static final float[] WEIGHTS = {0.3f, 1f / 3, 7.1f, 0.7f, 2.9f};
 
     /** Where a source's data lives; the vector backend takes a different path for each. */
     enum Memory { FLOATS, BYTES, NATIVE }
@@ -167,15 +167,17 @@ public abstract class KernelsContractTest {
 
     /**
      * B factors of every global rank R in 1..70 (one to five vectors of any width, each tail
-     * length) from clients of ranks R, R - 1, about R / 2 and 1, one of them strided, and A factors
-     * of those ranks: weighted sum and add + finish, bit for bit.
+     * length) from five clients of ranks R, R - 1, about R / 2, 1 and R, one of them strided, and A
+     * factors of those ranks: weighted sum and add + finish, bit for bit. 1031 rows of B and A rows
+     * of 1031 make several tiles, so the vector backend's fused passes over up to four sources run
+     * (a source's last tile goes alone), as do groups cut short by a source with fewer rows.
      */
     @Test
     void everyRankFrom1To70MatchesScalar() {
-        int out = 37, in = 61;
+        int out = 1031, in = 1031;
         for (int globalRank = 1; globalRank <= 70; globalRank++) {
             SplittableRandom random = new SplittableRandom(globalRank);
-            int[] ranks = {globalRank, Math.max(1, globalRank - 1), (globalRank + 1) / 2, 1};
+            int[] ranks = {globalRank, Math.max(1, globalRank - 1), (globalRank + 1) / 2, 1, globalRank};
             Matrix[] b = new Matrix[ranks.length], a = new Matrix[ranks.length];
             for (int k = 0; k < ranks.length; k++) {
                 b[k] = source(random, DType.F32, out, ranks[k], k == 2 ? 5 : 0);

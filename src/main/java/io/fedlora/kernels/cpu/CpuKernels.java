@@ -105,9 +105,7 @@ public abstract class CpuKernels implements Kernels {
             int width = padded(c1 - c0);
             float[] sums = TILE_SUMS.get();
             Arrays.fill(sums, 0, (r1 - r0) * width, 0f);
-            for (int k = 0; k < sources.length; k++) {
-                addTile(sums, -r0 * width - c0, width, r0, r1, c0, c1, sources[k], weights[k]);
-            }
+            addSources(sums, -r0 * width - c0, width, r0, r1, c0, c1, sources, weights);
             if (!scale(out, r0 * cols + c0, cols, sums, 0, width, r1 - r0, c1 - c0, rowScale, r0, colScale, c0)) {
                 // A non-finite input always leaves a non-finite sum (fma with NaN or inf, even with
                 // weight 0, gives NaN or inf), so only a bad tile is scanned again to name its source.
@@ -132,10 +130,23 @@ public abstract class CpuKernels implements Kernels {
     }
 
     /**
+     * Adds every source, in order, to the tile [r0, r1) x [c0, c1) whose cell (i, j) sits at
+     * {@code sums[base + i * stride + j]}: one {@link #addTile} each here; a backend may fuse
+     * several sources into one pass over the sums, as long as each cell still takes its sources'
+     * fmas in source order.
+     */
+    void addSources(float[] sums, int base, int stride, int r0, int r1, int c0, int c1, Matrix[] sources,
+            float[] weights) {
+        for (int k = 0; k < sources.length; k++) {
+            addTile(sums, base, stride, r0, r1, c0, c1, sources[k], weights[k]);
+        }
+    }
+
+    /**
      * Sums cell (i, j) of the tile [r0, r1) x [c0, c1) sits at {@code sums[base + i * stride + j]}; adds w
      * times the part of src inside the tile, as one run when both are contiguous there.
      */
-    private void addTile(float[] sums, int base, int stride, int r0, int r1, int c0, int c1, Matrix src, float w) {
+    final void addTile(float[] sums, int base, int stride, int r0, int r1, int c0, int c1, Matrix src, float w) {
         int re = Math.min(r1, src.rows());
         int ce = Math.min(c1, src.cols());
         if (re <= r0 || ce <= c0) {

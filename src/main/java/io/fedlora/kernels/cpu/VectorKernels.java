@@ -1,6 +1,7 @@
 package io.fedlora.kernels.cpu;
 
 import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Matrix;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
@@ -192,6 +193,96 @@ public final class VectorKernels extends CpuKernels {
                         ? zero.blend(FloatVector.fromArray(FLOATS, src, x + t), tail)
                         : FloatVector.fromArray(FLOATS, src, x + t, tail);
                 v.fma(weight, FloatVector.fromArray(FLOATS, acc, a + t)).intoArray(acc, a + t);
+            }
+        }
+    }
+
+    /** Sources fused into one pass over the sums: loads and stores of the sums are 1 + 1 per GROUP fmas. */
+    private static final int GROUP = 4;
+
+    /**
+     * Consecutive float[] sources that cover the same rows of the tile go through
+     * {@link #axpyGroup} up to GROUP at a time; any other source alone. A source that misses the
+     * tile is skipped; skipping it, or fusing, leaves every cell's fmas in source order.
+     */
+    @Override
+    void addSources(float[] sums, int base, int stride, int r0, int r1, int c0, int c1, Matrix[] sources,
+            float[] weights) {
+        float[][] arrays = new float[GROUP][];
+        int[] offsets = new int[GROUP], strides = new int[GROUP], widths = new int[GROUP];
+        float[] w = new float[GROUP];
+        int count = 0, groupEnd = -1;
+        for (int k = 0; k < sources.length; k++) {
+            Matrix src = sources[k];
+            int re = Math.min(r1, src.rows()), ce = Math.min(c1, src.cols());
+            if (re <= r0 || ce <= c0) {
+                continue;
+            }
+            float[] array = floatArray(src.data(), src.dtype());
+            int offset = 0;
+            if (array != null) {
+                offset = Math.toIntExact(src.data().address() / 4 + src.offset() + (long) r0 * src.rowStride() + c0);
+                // Its last row readable as whole vectors as wide as the tile, or it goes alone (masked loads).
+                long end = offset + (long) (re - r0 - 1) * src.rowStride() + stride;
+                if (end > array.length) {
+                    array = null;
+                }
+            }
+            if (count > 0 && (array == null || re != groupEnd || count == GROUP)) {
+                axpyGroup(sums, base + r0 * stride + c0, stride, groupEnd - r0, count, arrays, offsets, strides, widths, w);
+                count = 0;
+            }
+            if (array == null) {
+                addTile(sums, base, stride, r0, r1, c0, c1, src, weights[k]);
+                continue;
+            }
+            arrays[count] = array;
+            offsets[count] = offset;
+            strides[count] = src.rowStride();
+            widths[count] = ce - c0;
+            w[count] = weights[k];
+            groupEnd = re;
+            count++;
+        }
+        if (count > 0) {
+            axpyGroup(sums, base + r0 * stride + c0, stride, groupEnd - r0, count, arrays, offsets, strides, widths, w);
+        }
+    }
+
+    /**
+     * {@code count} (1 to GROUP) axpys over the same rows in one pass: per vector of the sums, one
+     * load, the sources' fmas in order, one store. Source g adds to the first {@code widths[g]}
+     * columns; unused slots have width 0. Every source's rows must be readable as whole vectors up
+     * to the widest source's padded width (addSources checks).
+     */
+    private static void axpyGroup(float[] acc, int accOff, int accStride, int rows, int count, float[][] arrays,
+            int[] offsets, int[] strides, int[] widths, float[] w) {
+        if (count == 1) {
+            axpyArray(acc, accOff, accStride, arrays[0], offsets[0], strides[0], rows, widths[0], w[0]);
+            return;
+        }
+        float[] s0 = arrays[0], s1 = arrays[1], s2 = count > 2 ? arrays[2] : s0, s3 = count > 3 ? arrays[3] : s0;
+        int n0 = widths[0], n1 = widths[1], n2 = count > 2 ? widths[2] : 0, n3 = count > 3 ? widths[3] : 0;
+        // An unused slot reads where source 0 does (known to be readable) and adds nothing (width 0).
+        int st0 = strides[0], st1 = strides[1], st2 = count > 2 ? strides[2] : st0, st3 = count > 3 ? strides[3] : st0;
+        int o0 = offsets[0], o1 = offsets[1], o2 = count > 2 ? offsets[2] : o0, o3 = count > 3 ? offsets[3] : o0;
+        FloatVector w0 = FloatVector.broadcast(FLOATS, w[0]), w1 = FloatVector.broadcast(FLOATS, w[1]);
+        FloatVector w2 = FloatVector.broadcast(FLOATS, count > 2 ? w[2] : 0f);
+        FloatVector w3 = FloatVector.broadcast(FLOATS, count > 3 ? w[3] : 0f);
+        int width = Math.max(Math.max(n0, n1), Math.max(n2, n3));
+        for (int i = 0; i < rows; i++) {
+            int a = accOff + i * accStride;
+            int x0 = o0 + i * st0, x1 = o1 + i * st1, x2 = o2 + i * st2, x3 = o3 + i * st3;
+            // Branch-free and written out per source: C2 keeps vectors in registers only when they
+            // do not cross calls or merge at control flow. Lanes past a source's row keep the sum
+            // as it was (a blend), whatever was loaded there.
+            for (int t = 0; t < width; t += LANES) {
+                FloatVector sum = FloatVector.fromArray(FLOATS, acc, a + t);
+                sum = sum.blend(FloatVector.fromArray(FLOATS, s0, x0 + t).fma(w0, sum), FLOATS.indexInRange(t, n0));
+                sum = sum.blend(FloatVector.fromArray(FLOATS, s1, x1 + t).fma(w1, sum), FLOATS.indexInRange(t, n1));
+                sum = sum.blend(FloatVector.fromArray(FLOATS, s2, x2 + t).fma(w2, sum), FLOATS.indexInRange(t, n2));
+                sum = sum.blend(FloatVector.fromArray(FLOATS, s3, x3 + t).fma(w3, sum), FLOATS.indexInRange(t, n3));
+                sum.intoArray(acc, a + t);
             }
         }
     }
