@@ -2,6 +2,7 @@ package io.fedlora.cli;
 
 import io.fedlora.InvalidUpdateException;
 import io.fedlora.io.InvalidFileException;
+import io.fedlora.io.OutputDir;
 import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.nio.file.AccessDeniedException;
@@ -55,6 +56,8 @@ public final class Main implements Runnable {
             System.setProperty("org.slf4j.simpleLogger.defaultLogLevel",
                     System.getProperty("org.slf4j.simpleLogger.defaultLogLevel", "warn"));
         }
+        // SIGINT and SIGTERM run the shutdown hooks: remove what this run was writing (issue 9).
+        Runtime.getRuntime().addShutdownHook(new Thread(OutputDir::abortAll, "fedlora-cleanup"));
         System.exit(run(args, System.out, System.err));
     }
 
@@ -64,6 +67,9 @@ public final class Main implements Runnable {
         cli.setOut(new PrintWriter(out, true));
         cli.setErr(new PrintWriter(err, true));
         cli.setExitCodeExceptionMapper(e -> FAILURE);
+        // @FILE client lists are read by the aggregate command itself, so that '@' has one meaning
+        // (a list of client paths) and a client whose name starts with '@' is written ./@name.
+        cli.setExpandAtFiles(false);
         cli.setParameterExceptionHandler((e, arguments) -> {
             err.println("fedlora: " + oneLine(e.getMessage()));
             CommandLine failed = e.getCommandLine();
@@ -108,7 +114,7 @@ public final class Main implements Runnable {
             case AccessDeniedException f -> f.getFile() + ": permission denied";
             case FileSystemException f -> f.getFile() + ": " + (f.getReason() != null ? f.getReason() : f.getClass().getSimpleName());
             case InvalidUpdateException u -> u.getMessage();
-            case OutOfMemoryError o -> "out of memory (" + o.getMessage() + "); give the JVM more heap, e.g. JAVA_OPTS=-Xmx16g";
+            case OutOfMemoryError o -> "out of memory (" + o.getMessage() + "); give the JVM more heap, e.g. FEDLORA_JAVA_OPTS=-Xmx16g bin/fedlora ...";
             case IllegalArgumentException x -> x.getMessage();
             case UnsupportedOperationException x -> x.getMessage();
             case IllegalStateException x -> x.getMessage();
