@@ -278,6 +278,9 @@ final class AggregateCommand implements Callable<Integer> {
                     checkPresence(keysOf);
                     throw e;
                 }
+                // A file changed under the mapping may read as zeros without any fault (the tail
+                // of its last page): refuse what was computed from it.
+                checkUnchanged(open);
                 long aggregated = System.nanoTime();
                 Map<String, Integer> outRanks = PeftAdapter.moduleRanks(global);
                 int globalRank = rank > 0 ? rank : outRanks.values().stream()
@@ -417,6 +420,16 @@ final class AggregateCommand implements Callable<Integer> {
                                 + "over the clients that have it)");
                     }
                 }
+            }
+        }
+    }
+
+    /** Refuses the run if an input changed (size or modification time) since it was opened. */
+    static void checkUnchanged(List<PeftAdapter> open) throws InvalidFileException {
+        for (PeftAdapter a : open) {
+            String change = a.changeSinceOpen();
+            if (change != null) {
+                throw new InvalidFileException(a.weightsFile().toString(), change + "; nothing was written");
             }
         }
     }

@@ -75,6 +75,7 @@ final class TruncateCommand implements Callable<Integer> {
             });
             AdapterConfig config = outputConfig(adapter.config(), PeftAdapter.moduleRanks(input),
                     PeftAdapter.moduleRanks(typed));
+            AggregateCommand.checkUnchanged(open);
             AggregateCommand.readingGuard(open, () -> {
                 PeftAdapter.write(output, output.toString(), force, typed, dtype, config, adapter.metadata());
                 return null;

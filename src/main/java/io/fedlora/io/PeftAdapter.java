@@ -13,6 +13,7 @@ import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.attribute.BasicFileAttributes;
+import java.nio.file.attribute.FileTime;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.LinkedHashMap;
@@ -44,7 +45,10 @@ public final class PeftAdapter implements AutoCloseable {
     private final Safetensors weights;
     private final AdapterConfig config;
 
-    private PeftAdapter(Path source, Path weightsFile, Safetensors weights, AdapterConfig config) {
+    private final FileTime modifiedAtOpen;
+
+    private PeftAdapter(Path source, Path weightsFile, Safetensors weights, AdapterConfig config, FileTime modifiedAtOpen) {
+        this.modifiedAtOpen = modifiedAtOpen;
         this.source = source;
         this.weightsFile = weightsFile;
         this.weights = weights;
@@ -148,13 +152,19 @@ public final class PeftAdapter implements AutoCloseable {
         Location location = locate(path);
         AdapterConfig config = location.config() != null ? AdapterConfig.read(location.config()) : null;
         Path weightsFile = location.weights();
+        FileTime modified;
+        try {
+            modified = Files.getLastModifiedTime(weightsFile);
+        } catch (IOException e) {
+            throw new InvalidFileException(weightsFile.toString(), "cannot read: " + Messages.reason(e), e);
+        }
         Safetensors weights = Safetensors.open(weightsFile);
         try {
             if (moduleRanks(weights.tensors()).isEmpty()) {
                 throw new InvalidFileException(weightsFile.toString(),
                         "no LoRA factors (no key ends in .lora_A.weight or .lora_B.weight)");
             }
-            return new PeftAdapter(path, weightsFile, weights, config);
+            return new PeftAdapter(path, weightsFile, weights, config, modified);
         } catch (Throwable t) {
             weights.close();
             throw t;
@@ -168,8 +178,11 @@ public final class PeftAdapter implements AutoCloseable {
     public String changeSinceOpen() {
         try {
             long now = Files.size(weightsFile);
-            return now == weights.byteSize() ? null
-                    : "changed while being read: it was " + weights.byteSize() + " bytes and is now " + now;
+            if (now != weights.byteSize()) {
+                return "changed while being read: it was " + weights.byteSize() + " bytes and is now " + now;
+            }
+            FileTime modified = Files.getLastModifiedTime(weightsFile);
+            return modified.equals(modifiedAtOpen) ? null : "changed while being read: modified at " + modified;
         } catch (IOException e) {
             return "changed while being read: " + Messages.reason(e);
         }
