@@ -332,7 +332,7 @@ final class AggregateCommand implements Callable<Integer> {
             for (var e : outRanks.entrySet()) {
                 String module = e.getKey();
                 if (foldScale != null) {
-                    scales.put(module, foldScale.of(PeftAdapter.PEFT_PREFIX + module, e.getValue()));
+                    scales.put(module, foldScale.of(io.fedlora.PeftKeys.BASE_MODEL_PREFIX + module, e.getValue()));
                     continue;
                 }
                 double sum = 0, total = 0, low = Double.POSITIVE_INFINITY, high = 0;

@@ -312,7 +312,7 @@ public final class AdapterConfig {
      * safetensors prefix), from which the {@code base_model.model.} prefix is stripped.
      */
     public LoraScale scale() {
-        return (module, rank) -> scaleFor(PeftAdapter.baseModelName(module), rank);
+        return new LoraScale(loraAlpha, useRslora, alphaPattern);
     }
 
     /**
