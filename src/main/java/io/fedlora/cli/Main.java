@@ -50,15 +50,24 @@ public final class Main implements Runnable {
     }
 
     public static void main(String[] args) {
-        // The command prints its own summary (backend included); the library's INFO lines, such
-        // as why the CUDA probe failed, are noise on a command line unless asked for with --verbose.
-        if (!java.util.Arrays.asList(args).contains("--verbose")) {
-            System.setProperty("org.slf4j.simpleLogger.defaultLogLevel",
-                    System.getProperty("org.slf4j.simpleLogger.defaultLogLevel", "warn"));
-        }
+        quietUnlessVerbose(args);
         // SIGINT and SIGTERM run the shutdown hooks: remove what this run was writing (issue 9).
         Runtime.getRuntime().addShutdownHook(new Thread(OutputDir::abortAll, "fedlora-cleanup"));
         System.exit(run(args, System.out, System.err));
+    }
+
+    /**
+     * A successful run prints its summary and nothing else (issue 9): the library's log lines
+     * (which backend, why CUDA was skipped, a fallback warning) only with --verbose. Errors are
+     * this class's one-line messages, not log lines.
+     */
+    static void quietUnlessVerbose(String[] args) {
+        if (!java.util.Arrays.asList(args).contains("--verbose")) {
+            System.setProperty("org.slf4j.simpleLogger.defaultLogLevel",
+                    System.getProperty("org.slf4j.simpleLogger.defaultLogLevel", "error"));
+            System.setProperty(io.fedlora.kernels.Log.QUIET_PROPERTY,
+                    System.getProperty(io.fedlora.kernels.Log.QUIET_PROPERTY, "true"));
+        }
     }
 
     /** Runs the command line and returns its exit status; never calls System.exit. */
