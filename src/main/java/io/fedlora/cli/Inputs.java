@@ -34,7 +34,8 @@ final class Inputs {
      * line (blank lines and lines starting with {@code #} skipped; relative paths are relative to
      * the list file's directory; a line is always a path, never another list). A directory that has
      * no {@code adapter_model.safetensors} but holds client adapters (PEFT directories or
-     * {@code .safetensors} files) stands for those, in name order. A client whose name starts
+     * {@code .safetensors} files) stands for its subdirectories and {@code .safetensors} files, in
+     * name order. A client whose name starts
      * with {@code @} is written {@code ./@name}.
      */
     static List<Path> expand(List<String> arguments, CommandSpec spec) throws IOException {
@@ -83,21 +84,32 @@ final class Inputs {
         return clients;
     }
 
-    /** The client adapters in a directory that is not itself an adapter; empty otherwise. */
+    /**
+     * The client adapters in a directory that is not itself an adapter but holds at least one
+     * (a PEFT subdirectory or a .safetensors file); empty otherwise. Then every subdirectory is
+     * taken as a client, so that a broken one is reported rather than left out; other files (a
+     * list, a weights file) are skipped, and so are hidden entries.
+     */
     private static List<Path> clientsIn(Path dir) throws IOException {
         if (!Files.isDirectory(dir) || Files.exists(dir.resolve(PeftAdapter.WEIGHTS), LinkOption.NOFOLLOW_LINKS)) {
             return List.of();
         }
-        try (Stream<Path> entries = Files.list(dir)) {
-            return entries
-                    .filter(p -> !p.getFileName().toString().startsWith("."))
-                    .filter(p -> Files.isDirectory(p) ? Files.exists(p.resolve(PeftAdapter.WEIGHTS), LinkOption.NOFOLLOW_LINKS)
-                            : p.getFileName().toString().endsWith(".safetensors"))
-                    .sorted()
-                    .toList();
+        List<Path> entries;
+        try (Stream<Path> list = Files.list(dir)) {
+            entries = list.filter(p -> !p.getFileName().toString().startsWith(".")).sorted().toList();
         } catch (IOException e) {
             return List.of();
         }
+        boolean holdsClients = entries.stream().anyMatch(p -> Files.isDirectory(p)
+                ? Files.exists(p.resolve(PeftAdapter.WEIGHTS), LinkOption.NOFOLLOW_LINKS) : isSafetensors(p));
+        if (!holdsClients) {
+            return List.of();
+        }
+        return entries.stream().filter(p -> Files.isDirectory(p) || isSafetensors(p)).toList();
+    }
+
+    private static boolean isSafetensors(Path p) {
+        return p.getFileName().toString().endsWith(".safetensors");
     }
 
     /**

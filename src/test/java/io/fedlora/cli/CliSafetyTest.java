@@ -522,6 +522,16 @@ class CliSafetyTest {
         assertEquals(0, run.status(), run.err());
         assertTrue(run.out().contains("3 clients"), run.out());
         assertEquals(-1L, Files.mismatch(out1.resolve(PeftAdapter.WEIGHTS), out2.resolve(PeftAdapter.WEIGHTS)));
+        // A subdirectory that is not a client is reported, not left out.
+        Path broken = Files.createDirectory(clients.resolve("zz-broken"));
+        refused(1, says(broken + ": no adapter_model.safetensors in this directory"), "aggregate", "--strategy",
+                "zero", "-o", outs.resolve("z").toString(), clients.toString());
+        Files.delete(broken);
+        // -o that is a link is refused, whatever it points to.
+        Path elsewhere = Files.createDirectory(tmp.resolve("elsewhere"));
+        Path outLink = Files.createSymbolicLink(outs.resolve("out-link"), elsewhere);
+        refused(2, says("is a symbolic link"), aggregate(outLink, c));
+        Files.delete(outLink);
         // A list file: paths relative to it.
         Path list = Files.writeString(clients.resolve("list.txt"), "laptop\n# a comment\nphone\n" + c.get(2) + "\n");
         Path out3 = outs.resolve("list");

@@ -4,6 +4,7 @@ import static io.fedlora.cli.CliTest.MODULES;
 import static io.fedlora.cli.CliTest.cli;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.fedlora.Strategy;
 import io.fedlora.io.AdapterConfig;
@@ -175,6 +176,60 @@ class ConfigScaleTest {
             assertEquals(r, c.rankFor(module), module + " in " + c.toJson());
             assertEquals(scales.get(module), c.scaleFor(module, c.rankFor(module)), 1e-12, module + " in " + c.toJson());
         });
+    }
+
+    /**
+     * The Java reader's PEFT rules against a separate rendering in Python of what PEFT does
+     * (LoraModel: {@code get_pattern_key} takes the first key of rank_pattern / alpha_pattern, in
+     * file order, that matches {@code (.*\.)?(key)$}; scale = alpha / r, or / sqrt(r)), on a config
+     * whose keys are suffixes of other modules' names. Skipped without python3.
+     */
+    @Test
+    void pythonRenderingOfPeftRulesAgrees() throws Exception {
+        assumeTrue(CliSafetyTest.python(), "python3 not found: skipping the Python rendering of PEFT's rules");
+        Map<String, Integer> ranks = new LinkedHashMap<>();
+        ranks.put("q_proj", 4);
+        ranks.put("layers.0.q_proj", 8);
+        ranks.put("layers.1.q_proj", 8);
+        ranks.put("model.layers.1.q_proj", 2);
+        ranks.put("v_proj", 8);
+        Map<String, Double> scales = new LinkedHashMap<>();
+        scales.put("q_proj", 2.0);
+        scales.put("layers.0.q_proj", 0.5);
+        scales.put("layers.1.q_proj", 0.25);
+        scales.put("model.layers.1.q_proj", 3.0);
+        scales.put("v_proj", 0.5);
+        for (boolean rs : new boolean[] {false, true}) {
+            AdapterConfig c = AdapterConfig.forOutput(null, 8, ranks, scales, rs, null);
+            Path file = Files.writeString(tmp.resolve("config-" + rs + ".json"), c.toJson());
+            String script = String.join("\n",
+                    "import json, math, re, sys",
+                    "c = json.load(open(sys.argv[1]))",
+                    "def key(patterns, name):",
+                    "    for k in patterns:",
+                    "        if re.match(r'(.*\\.)?(%s)$' % k, name):",
+                    "            return k",
+                    "    return None",
+                    "for name in sys.argv[2:]:",
+                    "    k = key(c.get('rank_pattern', {}), name)",
+                    "    r = c['rank_pattern'][k] if k else c['r']",
+                    "    k = key(c.get('alpha_pattern', {}), name)",
+                    "    a = c['alpha_pattern'][k] if k else c['lora_alpha']",
+                    "    s = a / math.sqrt(r) if c.get('use_rslora') else a / r",
+                    "    print(name, r, repr(s))");
+            List<String> command = new ArrayList<>(List.of("python3", "-c", script, file.toString()));
+            command.addAll(ranks.keySet());
+            Process p = new ProcessBuilder(command).redirectErrorStream(true).start();
+            String output = new String(p.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
+            assertEquals(0, p.waitFor(), output);
+            List<String> lines = output.lines().toList();
+            assertEquals(ranks.size(), lines.size(), output);
+            for (String line : lines) {
+                String[] f = line.split(" ");
+                assertEquals(ranks.get(f[0]), Integer.parseInt(f[1]), "PEFT's rank for " + f[0] + " in " + c.toJson());
+                assertEquals(scales.get(f[0]), Double.parseDouble(f[2]), 1e-12, "PEFT's scale for " + f[0] + " in " + c.toJson());
+            }
+        }
     }
 
     // ---- float64 rendering ----------------------------------------------------------------------
