@@ -63,7 +63,7 @@ public final class AdapterConfig {
     private AdapterConfig(Map<String, Object> json, String source) throws InvalidFileException {
         this.json = json;
         this.r = json.get("r") != null ? positiveInt(json.get("r"), "r", source) : 8;
-        this.loraAlpha = json.get("lora_alpha") != null ? number(json.get("lora_alpha"), "lora_alpha", source) : 8;
+        this.loraAlpha = json.get("lora_alpha") != null ? positive(json.get("lora_alpha"), "lora_alpha", source) : 8;
         Object rs = json.get("use_rslora");
         if (rs != null && !(rs instanceof Boolean)) {
             throw new InvalidFileException(source, "use_rslora is not true or false");
@@ -83,7 +83,7 @@ public final class AdapterConfig {
         this.alphaRegex = new LinkedHashMap<>();
         for (var e : patternEntries(json, "alpha_pattern", source).entrySet()) {
             String key = e.getKey();
-            alphaPattern.put(key, number(e.getValue(), "alpha_pattern['" + key + "']", source));
+            alphaPattern.put(key, positive(e.getValue(), "alpha_pattern['" + key + "']", source));
             try {
                 alphaRegex.put(key, Pattern.compile("(.*\\.)?(" + key + ")$"));
             } catch (PatternSyntaxException bad) {
@@ -235,6 +235,15 @@ public final class AdapterConfig {
             throw new InvalidFileException(source, what + " is not a positive integer");
         }
         return ((Number) value).intValue();
+    }
+
+    /** A LoRA alpha: PEFT's scale is alpha / r, and fedlora's LoraScale takes positive values only. */
+    private static double positive(Object value, String what, String source) throws InvalidFileException {
+        double v = number(value, what, source);
+        if (!(v > 0)) {
+            throw new InvalidFileException(source, what + " is " + value + "; it must be a positive number");
+        }
+        return v;
     }
 
     private static double number(Object value, String what, String source) throws InvalidFileException {
