@@ -45,6 +45,8 @@ def java_tensor(c, value, client_id, key, keep):
         keep.append(flat)
     else:
         arr = np.asarray(value)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))  # fedlora reads little-endian
         kind = arr.dtype
         if kind == np.float32:
             dtype = c.DType.F32
@@ -55,8 +57,6 @@ def java_tensor(c, value, client_id, key, keep):
         else:
             raise TypeError(f"client '{client_id}', tensor '{key}': dtype {kind}, fedlora reads"
                             " float32, bfloat16 and float16")
-        if kind.byteorder == ">":
-            arr = arr.astype(kind.newbyteorder("<"))
         arr = np.ascontiguousarray(arr)  # no copy when already C-contiguous
         shape = arr.shape
         address = arr.ctypes.data
