@@ -72,3 +72,29 @@ class FlowerMessageApi(unittest.TestCase):
             except AssertionError:
                 print(log_text[-4000:], file=sys.stderr)
                 raise
+
+
+class FlowerLegacy(unittest.TestCase):
+
+    def test_three_clients_three_rounds_with_a_nan_client(self):
+        with fl_common.scratch("flwr-legacy") as tmp:
+            out_dir = os.path.join(tmp, "records")
+            (port,) = fl_common.free_ports(1)
+            procs = fl_common.Processes(tmp, fl_common.child_env())
+            try:
+                server = procs.start("server", [sys.executable, os.path.join(fl_common.HERE, "legacy_server.py"),
+                                                out_dir, str(port)])
+                fl_common.wait_for_port(port, 60, [server])
+                clients = [procs.start(f"client{i}", [sys.executable, os.path.join(fl_common.HERE, "legacy_client.py"),
+                                                      str(i), out_dir, str(port)]) for i in range(3)]
+                wait_for_file(os.path.join(out_dir, "dropped.json"), 150, [server] + clients)
+                server.wait(30)
+                log_text = procs.log_text("server")
+            finally:
+                procs.stop()
+            self.assertEqual(server.returncode, 0, log_text[-3000:])
+            try:
+                fl_common.check_federation(self, out_dir, log_text, fl_common.read_dropped(out_dir))
+            except AssertionError:
+                print(log_text[-4000:], file=sys.stderr)
+                raise
