@@ -195,10 +195,13 @@ class Processes:
 
 
 def child_env(extra_path=()):
-    """The environment for framework processes: fedlora and these tests importable, the venv's tools first."""
+    """The environment for framework processes: these tests importable (fedlora as this process has it),
+    the venv's tools first."""
     env = dict(os.environ)
-    src = os.path.abspath(os.path.join(HERE, "..", "..", "main", "python"))
-    paths = [src, HERE] + list(extra_path) + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    import fedlora
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fedlora.__file__)))
+    paths = [HERE] + ([] if os.path.basename(package_root) == "site-packages" else [package_root])
+    paths += list(extra_path) + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"

@@ -276,6 +276,14 @@ class RoundsThreadsAndRefusals(unittest.TestCase):
 
 class StartUpErrors(unittest.TestCase):
 
+    @unittest.skipUnless(os.environ.get("FEDLORA_TEST_INSTALLED") == "1", "run from the source tree, not installed")
+    def test_the_installed_package_runs_on_its_bundled_jars(self):
+        # bin/test-python installs with bin/install-python first: the package and jar users get.
+        self.assertIn("site-packages", fedlora.__file__)
+        jars = _jvm.class_path()
+        self.assertTrue(jars[0].endswith(os.path.join("fedlora", "_jars", "fedlora.jar")), jars[0])
+        self.assertTrue(os.path.isfile(jars[0]))
+
     def test_no_jdk_25_says_what_to_install(self):
         env = {k: v for k, v in os.environ.items() if k not in ("FEDLORA_JAVA_HOME", "JAVA_HOME")}
         code = ("import glob, fedlora._jvm as j; glob.glob = lambda p: []\n"
