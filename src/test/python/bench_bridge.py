@@ -78,23 +78,31 @@ def main():
     input_mb = sum(a.nbytes for _, _, t in clients for a in t.values()) / 1e6
     agg = fedlora.Aggregator()
     c = _jvm.classes()
-    keep = []
+    scope = _bridge.CallScope(c)  # open for the whole benchmark
     jclients = c.ArrayList()
     for cid, w, t in clients:
-        jclients.add(c.ClientUpdate.of(cid, w, _bridge.java_tensors(c, t, cid, keep)))
+        jclients.add(c.ClientUpdate.of(cid, w, _bridge.java_tensors(c, t, cid, scope)))
     result = agg._java.aggregate(jclients)
     out_mb = sum(int(e.getValue().data().byteSize()) for e in result.entrySet()) / 1e6
 
     def wrap_only():
-        k = []
-        lst = c.ArrayList()
-        for cid, w, t in clients:
-            lst.add(c.ClientUpdate.of(cid, w, _bridge.java_tensors(c, t, cid, k)))
+        with _bridge.CallScope(c) as s:
+            lst = c.ArrayList()
+            for cid, w, t in clients:
+                lst.add(c.ClientUpdate.of(cid, w, _bridge.java_tensors(c, t, cid, s)))
 
     def stream():
         rnd = agg.round()
         for u in clients:
             rnd.add(*u)
+        rnd.finish()
+        rnd.close()
+
+    def stream_scoped():  # what Round.add would cost on arena-scoped views (undo copies)
+        rnd = agg.round()
+        for cid, w, t in clients:
+            with _bridge.CallScope(c) as s:
+                rnd._java.add(c.ClientUpdate.of(cid, w, _bridge.java_tensors(c, t, cid, s)))
         rnd.finish()
         rnd.close()
 
@@ -110,10 +118,11 @@ def main():
     rows = [
         ("fedlora Java aggregate (prebuilt updates)", timed(lambda: agg._java.aggregate(jclients), args.iterations)),
         ("bridge: Aggregator.aggregate from numpy", timed(lambda: agg.aggregate(clients), args.iterations)),
-        ("  bridge part: wrap 16 clients by address", timed(wrap_only, args.iterations)),
+        ("  bridge part: wrap 16 clients, close arena", timed(wrap_only, args.iterations)),
         ("  bridge part: copy the result into numpy", timed(lambda: _bridge.numpy_tensors(c, result), args.iterations)),
         ("fedlora Java streaming round (prebuilt)", timed(java_stream, args.iterations)),
         ("bridge: streaming round (16 add + finish)", timed(stream, args.iterations)),
+        ("  same on arena-scoped views (undo copies)", timed(stream_scoped, args.iterations)),
         ("torch loop (2 threads, DESIGN §7)", timed(lambda: torch_loop(tclients), args.iterations)),
     ]
     ranks = [t["layers.0.self_attn.q_proj.lora_A.weight"].shape[0] for _, _, t in clients]

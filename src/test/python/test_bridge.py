@@ -126,8 +126,8 @@ class ZeroCopyAndOwnership(unittest.TestCase):
     def test_java_reads_the_numpy_memory_itself(self):
         c = _jvm.classes()
         arr = np.arange(12, dtype=np.float32).reshape(3, 4)
-        keep = []
-        t = _bridge.java_tensor(c, arr, "c", "k", keep)
+        scope = _bridge.CallScope(c)
+        t = _bridge.java_tensor(c, arr, "c", "k", scope)
         self.assertEqual(int(t.data().address()), arr.ctypes.data)
         arr[1, 2] = -42.5  # a later write is seen through the Java tensor: no copy was taken
         self.assertEqual(float(t.get(6)), -42.5)
@@ -135,7 +135,7 @@ class ZeroCopyAndOwnership(unittest.TestCase):
     def test_torch_bfloat16_travels_as_its_own_memory(self):
         c = _jvm.classes()
         x = torch.tensor([[1.5, -2.0], [3.25, 8.0]], dtype=torch.bfloat16)
-        t = _bridge.java_tensor(c, x, "c", "k", [])
+        t = _bridge.java_tensor(c, x, "c", "k", _bridge.CallScope(c))
         self.assertEqual(str(t.dtype()), "BF16")
         self.assertEqual(int(t.data().address()), x.data_ptr())
         x[1, 0] = -0.5
@@ -145,11 +145,35 @@ class ZeroCopyAndOwnership(unittest.TestCase):
         c = _jvm.classes()
         base = np.arange(24, dtype=np.float32).reshape(4, 6)
         view = base[:, ::2]
-        keep = []
-        t = _bridge.java_tensor(c, view, "c", "k", keep)
+        scope = _bridge.CallScope(c)
+        t = _bridge.java_tensor(c, view, "c", "k", scope)
         self.assertNotEqual(int(t.data().address()), base.ctypes.data)
-        self.assertEqual(int(t.data().address()), keep[0].ctypes.data)
+        self.assertEqual(int(t.data().address()), scope.keep[0].ctypes.data)
         self.assertEqual([float(t.get(i)) for i in range(3)], [0.0, 2.0, 4.0])
+
+    def test_java_cannot_read_an_input_after_aggregate_or_truncate_returns(self):
+        # Every view the bridge made during aggregate / truncate is dead once the call returns.
+        c = _jvm.classes()
+        made = []
+        original = _bridge.java_tensor
+
+        def spy(*args):
+            t = original(*args)
+            made.append(t)
+            return t
+
+        _bridge.java_tensor = spy
+        try:
+            updates = clients(3, [2, 4], extra=True)
+            agg = fedlora.Aggregator()
+            agg.aggregate(updates)
+            fedlora.truncate(updates[1][2], 1)
+        finally:
+            _bridge.java_tensor = original
+        self.assertEqual(len(made), 2 * 5 + 5)
+        for t in made:
+            with self.assertRaises(c.IllegalStateException):
+                t.get(0)
 
     def test_a_round_allocates_no_copy_of_its_inputs(self):
         # Timing-free proof that neither Python nor Java copies the inputs: the bytes allocated on

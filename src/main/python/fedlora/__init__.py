@@ -66,14 +66,14 @@ def _call(c, fn, *args):
         raise translated from None
 
 
-def _client_update(c, client_id, weight, tensors, scale, keep):
+def _client_update(c, client_id, weight, tensors, scale, scope):
     if not isinstance(client_id, str):
         client_id = str(client_id)
     try:
         weight = float(weight)
     except (TypeError, ValueError):
         raise InvalidUpdate(client_id, None, f"client '{client_id}': weight {weight!r} is not a number") from None
-    update = c.ClientUpdate.of(client_id, weight, _bridge.java_tensors(c, tensors, client_id, keep))
+    update = c.ClientUpdate.of(client_id, weight, _bridge.java_tensors(c, tensors, client_id, scope))
     if scale is not None:
         update = update.withScale(scale._java(c))
     return update
@@ -113,21 +113,21 @@ class Aggregator:
         """The backend doing the arithmetic: "cuda", "vector" or "scalar"."""
         return str(self._java.backendName())
 
-    def _update(self, client_id, weight, tensors, scale, keep):
-        return _client_update(self._c, client_id, weight, tensors, scale if scale is not None else self.scale, keep)
+    def _update(self, client_id, weight, tensors, scale, scope):
+        return _client_update(self._c, client_id, weight, tensors, scale if scale is not None else self.scale, scope)
 
     def aggregate(self, updates):
         """One round in one call. ``updates``: (client_id, weight, tensors[, scale]) tuples, tensors
         mapping PEFT names to arrays. Returns float32 numpy arrays in the first client's key order.
         Raises InvalidUpdate for the first client fedlora refuses (nothing is aggregated then)."""
-        c, keep = self._c, []
-        clients = c.ArrayList()
-        for u in updates:
-            if len(u) not in (3, 4):
-                raise ValueError("an update is (client_id, weight, tensors) or (client_id, weight, tensors, scale)")
-            clients.add(self._update(u[0], u[1], u[2], u[3] if len(u) == 4 else None, keep))
-        result = _call(c, self._java.aggregate, clients)
-        del keep  # Java holds no reference to the inputs once aggregate returns
+        c = self._c
+        with _bridge.CallScope(c) as scope:  # the inputs' views end with the call
+            clients = c.ArrayList()
+            for u in updates:
+                if len(u) not in (3, 4):
+                    raise ValueError("an update is (client_id, weight, tensors) or (client_id, weight, tensors, scale)")
+                clients.add(self._update(u[0], u[1], u[2], u[3] if len(u) == 4 else None, scope))
+            result = _call(c, self._java.aggregate, clients)
         return _bridge.numpy_tensors(c, result)
 
     def round(self):
@@ -158,10 +158,8 @@ class Round:
 
     def add(self, client_id, weight, tensors, scale=None):
         """Adds one client; its tensors are read in place during the call and not kept."""
-        keep = []
-        update = self._aggregator._update(client_id, weight, tensors, scale, keep)
-        _call(self._c, self._java.add, update)
-        del keep
+        with _bridge.CallScope(self._c, scoped=False) as scope:  # see _bridge: no undo copies
+            _call(self._c, self._java.add, self._aggregator._update(client_id, weight, tensors, scale, scope))
 
     def merge(self, other):
         """Adds everything ``other`` (a round of the same aggregator) holds; ``other`` is unchanged."""
@@ -190,12 +188,11 @@ class Round:
 def truncate(tensors, rank):
     """What a client of rank ``rank`` gets: the first ``rank`` rows of each lora_A and columns of
     each lora_B; other tensors as they are. Returns float32 numpy arrays."""
-    c, keep = _jvm.classes(), []
-    jmap = _bridge.java_tensors(c, tensors, "global", keep)
-    result = _call(c, c.Aggregator.truncate, jmap, int(rank))
-    out = _bridge.numpy_tensors(c, result)
-    del keep
-    return out
+    c = _jvm.classes()
+    with _bridge.CallScope(c) as scope:
+        result = _call(c, c.Aggregator.truncate, _bridge.java_tensors(c, tensors, "global", scope), int(rank))
+        # Tensors other than factors come back as the input's own views: copy them out in scope.
+        return _bridge.numpy_tensors(c, result)
 
 
 def backend():

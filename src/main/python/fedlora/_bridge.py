@@ -1,7 +1,13 @@
 """numpy / torch tensors to fedlora Tensors by address, and fedlora's results into numpy memory.
 
-Inputs are wrapped in place: Java reads the array's own memory for as long as the call runs and
-keeps no reference afterwards. An array that is not C-contiguous, or not little-endian, is made so
+Inputs are wrapped in place: Java reads the array's own memory for as long as the call runs. For
+aggregate and truncate the views live in a shared arena that the call closes when it returns
+(CallScope), so Java cannot read an input after the call, even by mistake: it would get an
+IllegalStateException, not freed memory. Round.add uses global-scope views instead: fedlora's
+Round treats memory that an arena could close as faultable and keeps an undo copy of the sums it
+touches for every add (a copy of the global adapter per client), which the bridge does not need,
+since nothing closes the arena during the call; Round.add keeps no reference to its inputs once it
+returns (DESIGN §8). An array that is not C-contiguous, or not little-endian, is made so
 once (one copy) before it is wrapped. Outputs are numpy arrays that own their memory; Java writes
 the result straight into them (one copy, from fedlora's float32 result).
 """
@@ -20,8 +26,26 @@ def _is_torch(value):
     return _torch is not None and isinstance(value, _torch.Tensor)
 
 
-def java_tensor(c, value, client_id, key, keep):
-    """A fedlora Tensor over ``value``'s memory; what must stay alive meanwhile goes into ``keep``."""
+class CallScope:
+    """One bridge call: the arrays that must stay alive during it and the arena its views live in."""
+
+    def __init__(self, c, scoped=True):
+        self.keep = []
+        self.arena = c.Arena.ofShared() if scoped else c.Arena.global_()
+        self.scoped = scoped
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.scoped:
+            self.arena.close()
+        self.keep.clear()
+
+
+def java_tensor(c, value, client_id, key, scope):
+    """A fedlora Tensor over ``value``'s memory, valid until ``scope`` closes."""
+    keep = scope.keep
     if _is_torch(value):
         if value.device.type != "cpu":
             raise TypeError(f"client '{client_id}', tensor '{key}': on {value.device}, fedlora reads CPU tensors;"
@@ -67,10 +91,10 @@ def java_tensor(c, value, client_id, key, keep):
         count *= d
     if count == 0:  # an empty array may have no address
         return c.Tensor.ofBytes(c.jpype.JArray(c.jpype.JByte)(0), dtype, jshape)
-    return c.Tensor.ofAddress(address, dtype, jshape)
+    return c.Tensor.ofAddress(address, dtype, scope.arena, jshape)
 
 
-def java_tensors(c, tensors, client_id, keep):
+def java_tensors(c, tensors, client_id, scope):
     """A Java LinkedHashMap name -> Tensor over ``tensors`` (a mapping), in its order."""
     if not hasattr(tensors, "items"):
         raise TypeError(f"client '{client_id}': tensors must map PEFT names to arrays, got {type(tensors).__name__}")
@@ -78,7 +102,7 @@ def java_tensors(c, tensors, client_id, keep):
     for key, value in tensors.items():
         if not isinstance(key, str):
             raise TypeError(f"client '{client_id}': tensor names must be str, got {key!r}")
-        out.put(key, java_tensor(c, value, client_id, key, keep))
+        out.put(key, java_tensor(c, value, client_id, key, scope))
     return out
 
 

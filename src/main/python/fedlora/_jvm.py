@@ -99,6 +99,7 @@ class _Classes:
         self.InvalidUpdateException = j("io.fedlora.InvalidUpdateException")
         self.Tensor = j("io.fedlora.tensor.Tensor")
         self.DType = j("io.fedlora.tensor.DType")
+        self.Arena = j("java.lang.foreign.Arena")
         self.LinkedHashMap = j("java.util.LinkedHashMap")
         self.ArrayList = j("java.util.ArrayList")
         self.IllegalArgumentException = j("java.lang.IllegalArgumentException")

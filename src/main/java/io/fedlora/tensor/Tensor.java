@@ -48,10 +48,20 @@ public final class Tensor {
      * A tensor over native memory at {@code address} that someone else owns (a numpy array or a
      * torch tensor handed over by the Python bridge), read in place. The segment has the global
      * scope: the caller keeps the memory alive and unchanged in shape for as long as the tensor is
-     * used, and fedlora keeps no reference to a client's tensors once {@code aggregate} or
-     * {@code Round.add} returns. Needs native access ({@code --enable-native-access}).
+     * used. Needs native access ({@code --enable-native-access}).
      */
     public static Tensor ofAddress(long address, DType dtype, long... shape) {
+        return ofAddress(address, dtype, Arena.global(), shape);
+    }
+
+    /**
+     * As {@link #ofAddress(long, DType, long...)}, but the view lives only as long as {@code scope}:
+     * once the caller closes it (the Python bridge closes a shared arena when its call returns),
+     * any later read of this tensor throws {@code IllegalStateException} instead of reading memory
+     * the caller may have freed.
+     */
+    public static Tensor ofAddress(long address, DType dtype, Arena scope, long... shape) {
+        Objects.requireNonNull(scope, "scope");
         if (address == 0) {
             throw new IllegalArgumentException("null address for a " + dtype + Arrays.toString(shape) + " tensor");
         }
@@ -63,7 +73,7 @@ public final class Tensor {
             count = Math.multiplyExact(count, d);
         }
         long bytes = Math.multiplyExact(count, (long) dtype.byteSize());
-        return new Tensor(dtype, shape, MemorySegment.ofAddress(address).reinterpret(bytes));
+        return new Tensor(dtype, shape, MemorySegment.ofAddress(address).reinterpret(bytes, scope, null));
     }
 
     /** A tensor over raw little-endian bytes, e.g. BF16 or F16 as a framework serialised them. */

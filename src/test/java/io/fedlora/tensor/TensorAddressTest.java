@@ -39,6 +39,19 @@ class TensorAddressTest {
     }
 
     @Test
+    void aScopedViewCannotBeReadOnceItsArenaIsClosed() {
+        try (Arena memoryOwner = Arena.ofConfined()) {
+            MemorySegment memory = memoryOwner.allocate(4 * 4, 4);
+            DType.F32.set(memory, 1, 3f);
+            Arena call = Arena.ofShared();
+            Tensor t = Tensor.ofAddress(memory.address(), DType.F32, call, 4);
+            assertEquals(3f, t.get(1));
+            call.close();
+            assertThrows(IllegalStateException.class, () -> t.get(1));
+        }
+    }
+
+    @Test
     void ofAddressRefusesNullAndNegativeShapes() {
         assertThrows(IllegalArgumentException.class, () -> Tensor.ofAddress(0, DType.F32, 2));
         assertThrows(IllegalArgumentException.class, () -> Tensor.ofAddress(64, DType.F32, -1));
