@@ -35,17 +35,6 @@ def make_clients(seed):
     return clients
 
 
-def timed(fn, iterations, warmup=5):
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
 def torch_loop(clients):
     """The careful torch user's replication round: zeroed sums, add_ per client, one divide."""
     keys_a = [k for k in clients[0][2] if ".lora_A." in k]
@@ -71,14 +60,14 @@ def torch_loop(clients):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     clients = make_clients(args.seed)
     input_mb = sum(a.nbytes for _, _, t in clients for a in t.values()) / 1e6
     agg = fedlora.Aggregator()
     c = _jvm.classes()
-    scope = _bridge.CallScope(c)  # open for the whole benchmark
+    scope = _bridge.CallScope(c, scoped=False)  # global-scope views, as Round.add makes them
     jclients = c.ArrayList()
     for cid, w, t in clients:
         jclients.add(c.ClientUpdate.of(cid, w, _bridge.java_tensors(c, t, cid, scope)))
@@ -115,19 +104,28 @@ def main():
 
     torch.set_num_threads(2)
     tclients = [(cid, w, {k: torch.from_numpy(v) for k, v in t.items()}) for cid, w, t in clients]
-    rows = [
-        ("fedlora Java aggregate (prebuilt updates)", timed(lambda: agg._java.aggregate(jclients), args.iterations)),
-        ("bridge: Aggregator.aggregate from numpy", timed(lambda: agg.aggregate(clients), args.iterations)),
-        ("  bridge part: wrap 16 clients, close arena", timed(wrap_only, args.iterations)),
-        ("  bridge part: copy the result into numpy", timed(lambda: _bridge.numpy_tensors(c, result), args.iterations)),
-        ("fedlora Java streaming round (prebuilt)", timed(java_stream, args.iterations)),
-        ("bridge: streaming round (16 add + finish)", timed(stream, args.iterations)),
-        ("  same on arena-scoped views (undo copies)", timed(stream_scoped, args.iterations)),
-        ("torch loop (2 threads, DESIGN §7)", timed(lambda: torch_loop(tclients), args.iterations)),
+    variants = [
+        ("fedlora Java aggregate (prebuilt updates)", lambda: agg._java.aggregate(jclients)),
+        ("bridge: Aggregator.aggregate from numpy", lambda: agg.aggregate(clients)),
+        ("  bridge part: wrap 16 clients, close arena", wrap_only),
+        ("  bridge part: copy the result into numpy", lambda: _bridge.numpy_tensors(c, result)),
+        ("fedlora Java streaming round (prebuilt)", java_stream),
+        ("bridge: streaming round (16 add + finish)", stream),
+        ("  same on arena-scoped views (undo copies)", stream_scoped),
+        ("torch loop (2 threads, DESIGN §7)", lambda: torch_loop(tclients)),
     ]
+    # Interleaved, so that the machine's noise falls on every variant alike.
+    times = {name: [] for name, _ in variants}
+    for it in range(5 + args.iterations):
+        for name, fn in variants:
+            t0 = time.perf_counter()
+            fn()
+            if it >= 5:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    rows = [(name, times[name]) for name, _ in variants]
     ranks = [t["layers.0.self_attn.q_proj.lora_A.weight"].shape[0] for _, _, t in clients]
     print(f"16 clients, ranks {sorted(ranks)}, {input_mb:.0f} MB in, {out_mb:.1f} MB out, backend "
-          f"{agg.backend_name}, {args.iterations} rounds after 5 warm-up")
+          f"{agg.backend_name}, {args.iterations} interleaved rounds after 5 warm-up")
     for name, ms in rows:
         print(f"{name:45s} median {statistics.median(ms):7.2f} ms   (min {min(ms):7.2f}, max {max(ms):7.2f})")
 
