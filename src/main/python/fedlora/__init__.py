@@ -17,6 +17,7 @@ from ._jvm import FedloraUnavailable
 
 __all__ = ["Aggregator", "Round", "InvalidUpdate", "LoraScale", "FedloraUnavailable", "truncate", "backend"]
 
+# The strategies of DESIGN §2; the Java enum may know more (Aggregator accepts any it names).
 STRATEGIES = ("zero", "replication", "norm")
 
 
@@ -82,7 +83,8 @@ def _client_update(c, client_id, weight, tensors, scale, scope):
 class Aggregator:
     """Aggregates LoRA client updates of different ranks into one global adapter.
 
-    strategy: "zero", "replication" (the paper's, default) or "norm".
+    strategy: "zero", "replication" (the paper's, default), "norm", or any other strategy this
+        fedlora's Java side names (io.fedlora.Strategy).
     rank: the global rank; 0 takes each module's largest client rank.
     allow_missing: average a module over the clients that have it instead of refusing.
     scale: a LoraScale to fold each client's LoRA scale into B (clients use the same alpha at
@@ -91,8 +93,8 @@ class Aggregator:
     """
 
     def __init__(self, strategy="replication", rank=0, allow_missing=False, scale=None, backend="auto"):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        if not isinstance(strategy, str):
+            raise TypeError(f"strategy must be a name such as 'replication', got {type(strategy).__name__}")
         if not isinstance(rank, int) or rank < 0:
             raise ValueError(f"rank must be an int >= 0, got {rank!r}")
         if scale is not None and not isinstance(scale, LoraScale):
@@ -100,7 +102,12 @@ class Aggregator:
         self.strategy, self.rank, self.allow_missing, self.scale, self.backend = \
             strategy, rank, bool(allow_missing), scale, backend
         c = self._c = _jvm.classes()
-        builder = (c.Aggregator.builder().strategy(c.Strategy.valueOf(strategy.upper()))
+        try:
+            java_strategy = c.Strategy.valueOf(strategy.upper())
+        except c.IllegalArgumentException:
+            names = ", ".join(str(s.name()).lower() for s in c.Strategy.values())
+            raise ValueError(f"strategy must be one of {names}, got {strategy!r}") from None
+        builder = (c.Aggregator.builder().strategy(java_strategy)
                    .globalRank(rank).allowMissing(bool(allow_missing)))
         if scale is not None:
             builder = builder.foldScale(scale._java(c))
