@@ -104,6 +104,11 @@ def main():
 
     torch.set_num_threads(2)
     tclients = [(cid, w, {k: torch.from_numpy(v) for k, v in t.items()}) for cid, w, t in clients]
+    # The torch loop computes the same round (so its time is a fair comparison).
+    mine, theirs = agg.aggregate(clients), torch_loop(tclients)
+    for k, v in mine.items():
+        err = float(np.max(np.abs(theirs[k].numpy() - v)))
+        assert err <= 1e-5 * float(np.max(np.abs(v))), f"torch loop differs from fedlora on {k} by {err}"
     variants = [
         ("fedlora Java aggregate (prebuilt updates)", lambda: agg._java.aggregate(jclients)),
         ("bridge: Aggregator.aggregate from numpy", lambda: agg.aggregate(clients)),
