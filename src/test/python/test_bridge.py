@@ -253,6 +253,29 @@ class RoundsThreadsAndRefusals(unittest.TestCase):
         for k, v in right.finish().items():
             np.testing.assert_array_equal(v, right_before[k])
 
+    def test_partials_travel_as_python_data_and_merge(self):
+        import pickle
+        updates = clients(34, [2, 8, 4, 6, 3])
+        agg = fedlora.Aggregator(strategy="replication")
+        here, there = agg.round(), agg.round()
+        for u in updates[:2]:
+            here.add(*u)
+        for u in updates[2:]:
+            there.add(*u)
+        sent = pickle.loads(pickle.dumps(there.to_partial()))  # e.g. from another server
+        self.assertEqual(sent.client_count, 3)
+        here.merge_partial(sent)
+        want = reference.aggregate(updates)
+        reference.assert_close(self, here.finish(), {k: want[k] for k in here.finish()}, what="merge_partial")
+        alone = fedlora.Aggregator(strategy="replication").round_from_partial(sent)
+        reference.assert_close(self, alone.finish(), reference.aggregate(updates[2:]), what="round_from_partial")
+        bad = fedlora.Partial({k: v.copy() for k, v in sent.tensors.items()}, dict(sent.metadata))
+        next(iter(bad.tensors.values()))[0, 0] = np.nan
+        with self.assertRaises(ValueError):
+            agg.round_from_partial(bad)
+        with self.assertRaises(ValueError):  # other settings: the policies differ
+            fedlora.Aggregator(strategy="zero").round_from_partial(sent)
+
     def test_refused_client_is_named_and_round_unchanged(self):
         updates = clients(33, [2, 4, 8])
         rnd = fedlora.Aggregator().round()

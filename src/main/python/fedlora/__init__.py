@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from . import _bridge, _jvm
 from ._jvm import FedloraUnavailable
 
-__all__ = ["Aggregator", "Round", "InvalidUpdate", "LoraScale", "FedloraUnavailable", "truncate", "backend"]
+__all__ = ["Aggregator", "Round", "Partial", "InvalidUpdate", "LoraScale", "FedloraUnavailable", "truncate",
+           "backend"]
 
 # The strategies of DESIGN §2; the Java enum may know more (Aggregator accepts any it names).
 STRATEGIES = ("zero", "replication", "norm")
@@ -80,6 +81,27 @@ def _client_update(c, client_id, weight, tensors, scale, scope):
     return update
 
 
+@dataclass(frozen=True)
+class Partial:
+    """A round's partial aggregate as plain Python data (picklable, or a safetensors file's tensors
+    and ``__metadata__``): the raw weighted sums as float32 numpy arrays and fedlora's bookkeeping.
+    Merge it into a round of an aggregator with the same settings, here or on another server."""
+
+    tensors: dict
+    metadata: dict
+
+    @property
+    def client_count(self):
+        import json
+        return int(json.loads(self.metadata["fedlora.partial"])["clients"])
+
+    def _java(self, c, scope):
+        jmeta = c.LinkedHashMap()
+        for k, v in self.metadata.items():
+            jmeta.put(str(k), str(v))
+        return _call(c, c.Partial.of, _bridge.java_tensors(c, self.tensors, "partial", scope), jmeta)
+
+
 class Aggregator:
     """Aggregates LoRA client updates of different ranks into one global adapter.
 
@@ -141,6 +163,17 @@ class Aggregator:
         """A streaming round: add clients one by one (from any threads), merge rounds, finish."""
         return Round(self)
 
+    def round_from_partial(self, partial):
+        """A round holding ``partial`` (from Round.to_partial with the same settings), to add to,
+        merge or finish. Raises ValueError, naming what is wrong, for a malformed partial."""
+        rnd = Round(self)
+        try:
+            rnd.merge_partial(partial)
+        except BaseException:
+            rnd.close()
+            raise
+        return rnd
+
     def close(self):
         self._java.close()
 
@@ -162,6 +195,19 @@ class Round:
         self._aggregator = aggregator
         self._c = aggregator._c
         self._java = aggregator._java.newRound()
+
+    def to_partial(self):
+        """A consistent snapshot of the round as a Partial (copied into numpy); the round goes on."""
+        jp = _call(self._c, self._java.toPartial)
+        meta = {str(e.getKey()): str(e.getValue()) for e in jp.metadata().entrySet()}
+        return Partial(_bridge.numpy_tensors(self._c, jp.tensors()), meta)
+
+    def merge_partial(self, partial):
+        """Adds a Partial's sums into this round, as if its clients had been added here."""
+        if not isinstance(partial, Partial):
+            raise TypeError(f"can only merge a fedlora.Partial, got {type(partial).__name__}")
+        with _bridge.CallScope(self._c) as scope:  # the partial's sums are read during the call only
+            _call(self._c, self._java.mergePartial, partial._java(self._c, scope))
 
     def add(self, client_id, weight, tensors, scale=None):
         """Adds one client; its tensors are read in place during the call and not kept."""

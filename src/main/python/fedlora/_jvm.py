@@ -97,6 +97,7 @@ class _Classes:
         self.Strategy = j("io.fedlora.Strategy")
         self.LoraScale = j("io.fedlora.LoraScale")
         self.InvalidUpdateException = j("io.fedlora.InvalidUpdateException")
+        self.Partial = j("io.fedlora.Partial")
         self.Tensor = j("io.fedlora.tensor.Tensor")
         self.DType = j("io.fedlora.tensor.DType")
         self.Arena = j("java.lang.foreign.Arena")
