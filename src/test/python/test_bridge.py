@@ -230,14 +230,35 @@ class RoundsThreadsAndRefusals(unittest.TestCase):
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 
-        threads = [threading.Thread(target=work, args=(updates[i::6],)) for i in range(6)]
+        side_updates = clients(35, [8, 2, 5])
+        side = agg.round()
+        for u in side_updates:
+            side.add(*u)
+        snapshots = []
+
+        def read_and_merge():
+            try:
+                for _ in range(5):
+                    snapshots.append(rnd.finish())  # concurrent with the adds
+                rnd.merge(side)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        rnd.add(*updates[0])  # so that a finish racing the first adds has a client to finish
+        threads = [threading.Thread(target=work, args=(updates[1 + i::6],)) for i in range(6)]
+        threads.append(threading.Thread(target=read_and_merge))
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
+        self.assertFalse(any(t.is_alive() for t in threads), "a thread hung")
         self.assertEqual(errors, [])
-        self.assertEqual(rnd.client_count, len(updates))
-        reference.assert_close(self, rnd.finish(), reference.aggregate(updates), what="threads")
+        self.assertEqual(len(snapshots), 5)
+        self.assertEqual(rnd.client_count, len(updates) + len(side_updates))
+        everyone = updates + side_updates
+        want = reference.aggregate(everyone)
+        got = rnd.finish()
+        reference.assert_close(self, got, {k: want[k] for k in got}, what="threads")
 
     def test_merge_of_two_rounds_equals_all_clients(self):
         updates = clients(32, [2, 8, 4, 6])
