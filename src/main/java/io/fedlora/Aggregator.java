@@ -17,10 +17,11 @@ import java.util.Objects;
 /**
  * The entry point for a federated-learning server: aggregates LoRA client updates of different
  * ranks into one global adapter, in one call ({@link #aggregate}) or client by client
- * ({@link #newRound}). It validates everything and hands the arithmetic to a kernels backend.
+ * ({@link #newRound}), under one {@link Policy}. It validates everything and hands the
+ * arithmetic to a kernels backend.
  *
  * <pre>{@code
- * try (Aggregator aggregator = Aggregator.builder().strategy(Strategy.REPLICATION).build()) {
+ * try (Aggregator aggregator = Aggregator.of(Policy.of(Strategy.REPLICATION))) {
  *     Map<String, Tensor> global = aggregator.aggregate(List.of(
  *             ClientUpdate.of("phone-1", 120, phoneAdapter),     // rank 4
  *             ClientUpdate.of("laptop-7", 800, laptopAdapter))); // rank 16
@@ -40,18 +41,12 @@ public final class Aggregator implements AutoCloseable {
         B
     }
 
-    final Strategy strategy;
-    final int globalRank;
-    final boolean allowMissing;
-    final LoraScale foldScale;
+    private final Policy policy;
     final Kernels kernels;
     private final boolean ownsKernels;
 
     private Aggregator(Builder b) {
-        this.strategy = b.strategy;
-        this.globalRank = b.globalRank;
-        this.allowMissing = b.allowMissing;
-        this.foldScale = b.foldScale;
+        this.policy = new Policy(b.strategy, b.globalRank, b.allowMissing, b.foldScale);
         if (b.kernels != null) {
             this.kernels = b.kernels;
             this.ownsKernels = false;
@@ -69,13 +64,23 @@ public final class Aggregator implements AutoCloseable {
         return new Builder();
     }
 
+    /** An aggregator for {@code policy} on the process-wide backend. */
+    public static Aggregator of(Policy policy) {
+        return builder().policy(policy).build();
+    }
+
+    /** What this aggregator computes; rounds and partials merge when their policies are equal. */
+    public Policy policy() {
+        return policy;
+    }
+
     public Strategy strategy() {
-        return strategy;
+        return policy.strategy();
     }
 
     /** The fixed global rank, or 0 when each module takes its largest client rank. */
     public int globalRank() {
-        return globalRank;
+        return policy.globalRank();
     }
 
     /** The backend doing the arithmetic: "cuda", "vector" or "scalar". */
@@ -83,28 +88,30 @@ public final class Aggregator implements AutoCloseable {
         return kernels.name();
     }
 
-    public Kernels kernels() {
-        return kernels;
-    }
-
     /** A new streaming round: add clients one at a time (from any threads), then finish. */
     public Round newRound() {
-        return new Round(this);
+        return new Round(policy, kernels);
     }
 
     /**
-     * A round holding a partial aggregate that another server exported with {@link Round#toPartial()};
-     * merge it into a local round with {@link Round#merge}, or add to it and finish it directly.
-     * The partial must come from an aggregator with the same strategy.
+     * A round holding {@code partial} (exported by {@link Round#toPartial()} here or on another
+     * server with an equal policy), to add to, merge or finish.
      */
-    public Round roundFromPartial(Map<String, Tensor> partial) {
-        return Round.fromPartial(this, partial);
+    public Round roundFromPartial(Partial partial) {
+        Round round = newRound();
+        try {
+            round.mergePartial(partial);
+        } catch (RuntimeException e) {
+            round.close();
+            throw e;
+        }
+        return round;
     }
 
     /**
      * Aggregates {@code clients} in one pass: each client's bytes are read once, and each output
-     * tile is summed over all clients while it sits in cache. Same result as a round that adds
-     * the clients in this order. Fails, changing nothing, on the first unusable client.
+     * tile is summed over all clients while it sits in cache. Same result, bit for bit, as a round
+     * that adds the clients in this order. Fails on the first unusable client, naming it.
      *
      * @return the global adapter, float32, keys in the first client's order
      */
@@ -113,62 +120,71 @@ public final class Aggregator implements AutoCloseable {
             throw new IllegalArgumentException("no clients to aggregate");
         }
         List<ParsedUpdate> parsed = new ArrayList<>(clients.size());
-        Map<String, int[]> moduleShapes = new LinkedHashMap<>();
-        Map<String, long[]> otherShapes = new LinkedHashMap<>();
         for (ClientUpdate client : clients) {
-            ParsedUpdate p = ParsedUpdate.parse(client, strategy, kernels, false);
-            for (ParsedUpdate.Module m : p.modules.values()) {
-                checkModuleShape(moduleShapes, p.client.clientId(), m);
-            }
-            for (ParsedUpdate.Other o : p.others.values()) {
-                checkOtherShape(otherShapes, p.client.clientId(), o);
-            }
-            parsed.add(p);
+            parsed.add(ParsedUpdate.parse(client));
+        }
+        Shapes shapes = new Shapes(policy.allowMissing());
+        for (ParsedUpdate p : parsed) {
+            shapes.admit(p);
+        }
+        List<Map<String, Double>> weights = new ArrayList<>(parsed.size());
+        for (ParsedUpdate p : parsed) {
+            weights.add(Screen.moduleWeights(p, policy.strategy(), kernels, false));
         }
         Map<String, Tensor> out = new LinkedHashMap<>();
-        for (String module : moduleShapes.keySet()) {
-            aggregateModule(module, parsed, out);
+        try {
+            for (String module : shapes.modules.keySet()) {
+                aggregateModule(module, parsed, weights, out);
+            }
+            for (String key : shapes.others.keySet()) {
+                aggregateOther(key, shapes.others.get(key), parsed, out);
+            }
+        } catch (RuntimeException | InternalError e) {
+            if (Screen.isReadFault(e)) {
+                throw Screen.unreadable(whichUnreadable(parsed, e), e);
+            }
+            throw e;
         }
-        for (String key : otherShapes.keySet()) {
-            aggregateOther(key, otherShapes.get(key), parsed, out);
-        }
-        return orderLikeFirstClient(out, clients.get(0));
+        return orderLike(out, clients.get(0).tensors().keySet());
     }
 
-    private void aggregateModule(String module, List<ParsedUpdate> parsed, Map<String, Tensor> out) {
+    private void aggregateModule(String module, List<ParsedUpdate> parsed, List<Map<String, Double>> weights,
+            Map<String, Tensor> out) {
         List<ParsedUpdate> owners = new ArrayList<>();
+        List<Double> ownerWeights = new ArrayList<>();
         int maxRank = 0;
-        for (ParsedUpdate p : parsed) {
-            ParsedUpdate.Module m = p.modules.get(module);
+        double maxWeight = 0;
+        for (int k = 0; k < parsed.size(); k++) {
+            ParsedUpdate.Module m = parsed.get(k).modules.get(module);
             if (m != null) {
-                owners.add(p);
+                owners.add(parsed.get(k));
+                double w = weights.get(k).get(module);
+                ownerWeights.add(w);
                 maxRank = Math.max(maxRank, m.rank());
+                maxWeight = Math.max(maxWeight, w);
             }
         }
-        checkPresence(module, owners.size(), parsed.size());
-        int rank = globalRank > 0 ? globalRank : maxRank;
+        Book book = new Book(module, policy, 0);
+        book.grow(book.rankFor(maxRank));
+        book.fixExponent(maxWeight);
+        int rank = book.rank;
         ParsedUpdate.Module first = owners.get(0).modules.get(module);
         int in = first.inFeatures(), outFeatures = first.outFeatures();
         Matrix[] as = new Matrix[owners.size()], bs = new Matrix[owners.size()];
         float[] wa = new float[owners.size()], wb = new float[owners.size()];
-        double[] ownerWeight = new double[rank];
-        double total = 0;
         for (int k = 0; k < owners.size(); k++) {
             ParsedUpdate p = owners.get(k);
             ParsedUpdate.Module m = p.modules.get(module);
-            int kept = Math.min(m.rank(), rank);
-            double w = p.moduleWeight.get(module);
-            as[k] = m.a().corner(kept, in);
-            bs[k] = m.b().corner(outFeatures, kept);
-            wa[k] = (float) w;
-            wb[k] = (float) (w * clientScale(p.client, module, m.rank()));
-            for (int i = 0; i < kept; i++) {
-                ownerWeight[i] += wa[k];
-            }
-            total += wa[k];
+            double w = ownerWeights.get(k);
+            Book.Contribution c = book.contribution(p, m.rank(), w, Book.clientScale(policy, p, module, m.rank()));
+            as[k] = m.a().corner(c.kept(), in);
+            bs[k] = m.b().corner(outFeatures, c.kept());
+            wa[k] = c.weightA();
+            wb[k] = c.weightB();
+            book.record(w, c);
         }
-        float[] scaleA = componentScale(module, ownerWeight, total);
-        float[] scaleB = foldedScale(scaleA, module, rank);
+        float[] scaleA = book.scaleA();
+        float[] scaleB = book.scaleB(scaleA);
         float[] a = new float[Math.multiplyExact(rank, in)];
         float[] b = new float[Math.multiplyExact(outFeatures, rank)];
         reportBad(kernels.weightedSum(a, rank, in, as, wa, scaleA, null), owners, module, "lora_A");
@@ -179,24 +195,28 @@ public final class Aggregator implements AutoCloseable {
 
     private void aggregateOther(String key, long[] shape, List<ParsedUpdate> parsed, Map<String, Tensor> out) {
         List<ParsedUpdate> owners = new ArrayList<>();
+        double maxWeight = 0;
         for (ParsedUpdate p : parsed) {
             if (p.others.containsKey(key)) {
                 owners.add(p);
+                maxWeight = Math.max(maxWeight, p.client.weight());
             }
         }
-        checkPresence(key, owners.size(), parsed.size());
+        Book book = new Book(key, policy, 0);
+        book.fixExponent(maxWeight);
         Matrix[] sources = new Matrix[owners.size()];
         float[] weights = new float[owners.size()];
-        double total = 0;
         for (int k = 0; k < owners.size(); k++) {
-            sources[k] = owners.get(k).others.get(key).values();
-            weights[k] = (float) owners.get(k).client.weight();
-            total += weights[k];
+            ParsedUpdate p = owners.get(k);
+            Book.Contribution c = book.contribution(p, 0, p.client.weight(), 1);
+            sources[k] = p.others.get(key).values();
+            weights[k] = c.weightA();
+            book.record(p.client.weight(), c);
         }
         Matrix shapeOf = sources[0];
         float[] values = new float[Math.toIntExact(shapeOf.size())];
         float[] rowScale = new float[shapeOf.rows()];
-        Arrays.fill(rowScale, inverseTotal(key, total));
+        Arrays.fill(rowScale, book.inverseTotal());
         reportBad(kernels.weightedSum(values, shapeOf.rows(), shapeOf.cols(), sources, weights, rowScale, null),
                 owners, key, "tensor");
         out.put(key, Tensor.of(values, shape));
@@ -207,92 +227,37 @@ public final class Aggregator implements AutoCloseable {
             return;
         }
         if (bad < owners.size()) {
-            throw new InvalidUpdateException(owners.get(bad).client.clientId(), module, what + " holds NaN or infinity");
+            throw owners.get(bad).invalid(module, what + " holds NaN or infinity");
         }
         throw new ArithmeticException("module '" + module + "': the weighted sum of " + what
-                + " overflows float32; scale the client weights down");
+                + " overflows float32 (values times weights beyond 3.4e38)");
     }
 
-    // ---- shared by batch and streaming -----------------------------------------------------
-
-    /** The first client fixes a module's in/out features; every later one must agree. */
-    static void checkModuleShape(Map<String, int[]> shapes, String clientId, ParsedUpdate.Module m) {
-        int[] known = shapes.putIfAbsent(m.name(), new int[] {m.inFeatures(), m.outFeatures()});
-        if (known != null && (known[0] != m.inFeatures() || known[1] != m.outFeatures())) {
-            throw new InvalidUpdateException(clientId, m.name(), "lora_A has " + m.inFeatures() + " input features and lora_B "
-                    + m.outFeatures() + " output features, but earlier clients have " + known[0] + " and " + known[1]);
-        }
-    }
-
-    static void checkOtherShape(Map<String, long[]> shapes, String clientId, ParsedUpdate.Other o) {
-        long[] known = shapes.putIfAbsent(o.key(), o.shape());
-        if (known != null && !Arrays.equals(known, o.shape())) {
-            throw new InvalidUpdateException(clientId, o.key(), "shape " + Arrays.toString(o.shape())
-                    + " differs from earlier clients' " + Arrays.toString(known));
-        }
-    }
-
-    void checkPresence(String module, int have, int clients) {
-        if (have != clients && !allowMissing) {
-            throw new IllegalArgumentException("module '" + module + "' is in " + have + " of " + clients
-                    + " clients; allow missing modules to average it over the clients that have it");
-        }
-    }
-
-    /** The scale a client's B is multiplied by before averaging: its LoRA scale when folding, else 1. */
-    double clientScale(ClientUpdate client, String module, int rank) {
-        if (foldScale == null) {
-            return 1;
-        }
-        if (client.scale() == null) {
-            throw new InvalidUpdateException(client.clientId(), module, "scales are folded but the client has no LoRA scale");
-        }
-        return client.scale().of(module, rank);
-    }
-
-    /**
-     * Per component: {@code 1 / P} (ZERO, NORM) or {@code 1 / P_i}, 0 where no client owns i
-     * (REPLICATION). Divisions in double, rounded once to float32.
-     */
-    float[] componentScale(String module, double[] ownerWeight, double total) {
-        float[] scale = new float[ownerWeight.length];
-        if (strategy == Strategy.REPLICATION) {
-            if (!(total > 0)) {
-                inverseTotal(module, total);
+    /** The client whose memory cannot be read any more, found by touching each tensor's ends. */
+    private static ClientUpdate whichUnreadable(List<ParsedUpdate> parsed, Throwable fault) {
+        for (ParsedUpdate p : parsed) {
+            for (Tensor t : p.client.tensors().values()) {
+                try {
+                    long n = t.elementCount();
+                    if (n > 0) {
+                        t.get(0);
+                        t.get(n - 1);
+                    }
+                } catch (RuntimeException | InternalError e) {
+                    return p.client;
+                }
             }
-            for (int i = 0; i < scale.length; i++) {
-                scale[i] = ownerWeight[i] > 0 ? (float) (1.0 / ownerWeight[i]) : 0f;
-            }
-        } else {
-            Arrays.fill(scale, inverseTotal(module, total));
         }
-        return scale;
+        if (fault instanceof RuntimeException r) {
+            throw r;
+        }
+        throw (Error) fault;
     }
 
-    /** B's column scale: A's, divided by the global LoRA scale when scales are folded. */
-    float[] foldedScale(float[] scaleA, String module, int rank) {
-        if (foldScale == null) {
-            return scaleA;
-        }
-        double global = foldScale.of(module, rank);
-        float[] scale = new float[scaleA.length];
-        for (int i = 0; i < scale.length; i++) {
-            scale[i] = (float) (scaleA[i] / global);
-        }
-        return scale;
-    }
-
-    private float inverseTotal(String module, double total) {
-        if (!(total > 0)) {
-            throw new IllegalStateException("module '" + module + "': the clients' total weight is " + total
-                    + (strategy == Strategy.NORM ? " (every update has zero norm, so NORM weights are undefined)" : ""));
-        }
-        return (float) (1.0 / total);
-    }
-
-    static Map<String, Tensor> orderLikeFirstClient(Map<String, Tensor> out, ClientUpdate first) {
+    /** {@code out} with the keys of {@code order} first, in that order, then the rest. */
+    static Map<String, Tensor> orderLike(Map<String, Tensor> out, Iterable<String> order) {
         Map<String, Tensor> ordered = new LinkedHashMap<>();
-        for (String key : first.tensors().keySet()) {
+        for (String key : order) {
             Tensor t = out.get(key);
             if (t != null) {
                 ordered.put(key, t);
@@ -320,15 +285,15 @@ public final class Aggregator implements AutoCloseable {
         for (Map.Entry<String, Tensor> e : global.entrySet()) {
             String key = e.getKey();
             Tensor t = e.getValue();
-            String[] pair = ParsedUpdate.factorPair(key);
-            if (pair == null) {
+            PeftKeys.Key factor = PeftKeys.parse(key);
+            if (factor == null) {
                 out.put(key, t);
                 continue;
             }
             if (t.rank() != 2) {
                 throw new IllegalArgumentException("'" + key + "' is not a 2-D LoRA factor: " + t);
             }
-            boolean isA = key.endsWith(pair[0]);
+            boolean isA = factor.factor() == Factor.A;
             long have = isA ? t.dim(0) : t.dim(1);
             if (rank > have) {
                 throw new IllegalArgumentException("'" + key + "' has rank " + have + ", cannot truncate to " + rank);
@@ -406,6 +371,15 @@ public final class Aggregator implements AutoCloseable {
         private Kernels kernels;
 
         private Builder() {
+        }
+
+        /** Every setting of {@code policy}: strategy, global rank, missing modules, scale folding. */
+        public Builder policy(Policy policy) {
+            this.strategy = policy.strategy();
+            this.globalRank = policy.globalRank();
+            this.allowMissing = policy.allowMissing();
+            this.foldScale = policy.foldScale();
+            return this;
         }
 
         public Builder strategy(Strategy strategy) {

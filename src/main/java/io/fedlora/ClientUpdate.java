@@ -1,7 +1,6 @@
 package io.fedlora;
 
 import io.fedlora.tensor.Tensor;
-
 import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -9,13 +8,14 @@ import java.util.Objects;
 
 /**
  * One client's contribution to a round: an id for error messages, a weight (a sample count, or 1
- * for uniform averaging) and its adapter as PEFT names it, name to tensor. A module {@code X} is
- * the pair {@code X.lora_A.weight} ({@code [r, in]}) and {@code X.lora_B.weight} ({@code [out, r]});
- * other tensors are averaged with the client weights. The tensors are read in place, not copied.
+ * for uniform averaging; finite and {@code >= 0}) and its adapter as PEFT names it, name to tensor
+ * (see {@link PeftKeys}); tensors that are not LoRA factors are averaged with the client weights.
+ * The tensors are read in place, not copied, and not referenced after the call that reads them.
  *
- * @param scale this client's LoRA scale, used only when the aggregator folds scales; may be null
+ * @param scale this client's LoRA scale, needed only when the policy folds scales; may be null
+ * @param source where the update came from (a file or directory), named in error messages; may be null
  */
-public record ClientUpdate(String clientId, double weight, Map<String, Tensor> tensors, LoraScale scale) {
+public record ClientUpdate(String clientId, double weight, Map<String, Tensor> tensors, LoraScale scale, String source) {
 
     public ClientUpdate {
         Objects.requireNonNull(clientId, "clientId");
@@ -24,10 +24,14 @@ public record ClientUpdate(String clientId, double weight, Map<String, Tensor> t
     }
 
     public static ClientUpdate of(String clientId, double weight, Map<String, Tensor> tensors) {
-        return new ClientUpdate(clientId, weight, tensors, null);
+        return new ClientUpdate(clientId, weight, tensors, null, null);
     }
 
     public ClientUpdate withScale(LoraScale scale) {
-        return new ClientUpdate(clientId, weight, tensors, scale);
+        return new ClientUpdate(clientId, weight, tensors, scale, source);
+    }
+
+    public ClientUpdate withSource(String source) {
+        return new ClientUpdate(clientId, weight, tensors, scale, source);
     }
 }

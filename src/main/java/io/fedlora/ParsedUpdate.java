@@ -1,25 +1,20 @@
 package io.fedlora;
 
-import io.fedlora.tensor.Tensor;
-
-import io.fedlora.kernels.Kernels;
 import io.fedlora.tensor.Matrix;
+import io.fedlora.tensor.Tensor;
+import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.Map;
 
 /**
- * A client update split into LoRA modules and other tensors, with every check that needs only the
- * client itself done (DESIGN §6): weight, pairing, shapes, ranks, NaN and infinity, and for NORM
- * the update's norm. Checks against other clients happen where the round's state is.
+ * A client update taken apart into LoRA modules and other tensors, with every structural check
+ * that needs only the client itself (DESIGN §6): weight, pairing, shapes, ranks, and whether its
+ * memory can be read from the kernels' threads. Structure only: nothing here reads a value, so
+ * parsing never faults on mapped data. Values are screened by {@link Screen}; checks against
+ * other clients are where the round's state is.
  */
 final class ParsedUpdate {
-
-    /** PEFT suffixes of the two factors: linear layers, then embeddings (saved without ".weight"). */
-    static final String[][] FACTOR_SUFFIXES = {
-        {".lora_A.weight", ".lora_B.weight"},
-        {".lora_embedding_A", ".lora_embedding_B"},
-    };
 
     /** One module of one client: A is {@code [rank, in]}, B is {@code [out, rank]}. */
     record Module(String name, String keyA, String keyB, Matrix a, Matrix b, int rank) {
@@ -36,109 +31,95 @@ final class ParsedUpdate {
     record Other(String key, long[] shape, Matrix values) {
     }
 
+    /** A never-started thread: a segment it may access is not confined to its creator. */
+    private static final Thread ANY_OTHER_THREAD = new Thread(() -> { });
+
     final ClientUpdate client;
     final Map<String, Module> modules = new LinkedHashMap<>();
     final Map<String, Other> others = new LinkedHashMap<>();
-    /** Per module, the weight this client's factors are accumulated with: p_k, or s_k for NORM. */
-    final Map<String, Double> moduleWeight = new LinkedHashMap<>();
+    /** True when some tensor lives in memory that can fail under a reader (a mapped file, an arena). */
+    final boolean faultable;
 
-    private ParsedUpdate(ClientUpdate client) {
+    private ParsedUpdate(ClientUpdate client, boolean faultable) {
         this.client = client;
+        this.faultable = faultable;
     }
 
-    /**
-     * @param checkFinite scan every value for NaN and infinity; batch aggregation skips the scan
-     *     because its fused kernel finds them in the same pass that sums them
-     */
-    static ParsedUpdate parse(ClientUpdate client, Strategy strategy, Kernels kernels, boolean checkFinite) {
-        ParsedUpdate parsed = new ParsedUpdate(client);
-        String id = client.clientId();
+    static ParsedUpdate parse(ClientUpdate client) {
         double weight = client.weight();
         if (!Double.isFinite(weight) || weight < 0) {
-            throw new InvalidUpdateException(id, null, "weight " + weight + " is " + (weight < 0 ? "negative" : "not finite"));
+            throw invalid(client, null, "weight " + weight + " is " + (weight < 0 ? "negative" : "not finite"));
         }
         Map<String, Tensor> tensors = client.tensors();
+        boolean faultable = false;
+        for (Map.Entry<String, Tensor> e : tensors.entrySet()) {
+            faultable |= checkMemory(client, e.getKey(), e.getValue().data());
+        }
+        ParsedUpdate parsed = new ParsedUpdate(client, faultable);
         for (Map.Entry<String, Tensor> entry : tensors.entrySet()) {
             String key = entry.getKey();
-            String[] pair = factorPair(key);
-            if (pair == null) {
-                parsed.others.put(key, other(id, key, entry.getValue()));
+            PeftKeys.Key parsedKey = PeftKeys.parse(key);
+            if (parsedKey == null) {
+                parsed.others.put(key, other(client, key, entry.getValue()));
                 continue;
             }
-            String module = key.substring(0, key.length() - pair[0].length());
-            boolean isA = key.endsWith(pair[0]) && !key.endsWith(pair[1]);
-            if (!isA) {
-                // B factors are handled with their A; a B without an A is reported here.
-                String keyA = module + pair[0];
-                if (!tensors.containsKey(keyA)) {
-                    throw new InvalidUpdateException(id, module, "has " + key + " but no " + keyA);
-                }
-                continue;
+            String module = parsedKey.module();
+            String partner = parsedKey.partner();
+            if (!tensors.containsKey(partner)) {
+                throw invalid(client, module, "has " + key + " but no " + partner);
             }
-            String keyB = module + pair[1];
-            Tensor a = entry.getValue();
-            Tensor b = tensors.get(keyB);
-            if (b == null) {
-                throw new InvalidUpdateException(id, module, "has " + key + " but no " + keyB);
+            if (parsedKey.factor() == Aggregator.Factor.B) {
+                continue; // handled with its A
             }
-            parsed.modules.put(module, module(id, module, key, a, keyB, b));
+            Module previous = parsed.modules.get(module);
+            if (previous != null) {
+                throw invalid(client, module, "holds two adapters for one module (" + previous.keyA() + " and " + key
+                        + "); aggregate one adapter at a time");
+            }
+            parsed.modules.put(module, module(client, module, key, entry.getValue(), partner, tensors.get(partner)));
         }
         if (parsed.modules.isEmpty()) {
-            throw new InvalidUpdateException(id, null, "holds no LoRA factors (no keys ending in .lora_A.weight / .lora_B.weight)");
-        }
-        for (Module m : parsed.modules.values()) {
-            if (checkFinite && !kernels.allFinite(m.a)) {
-                throw new InvalidUpdateException(id, m.name, "lora_A holds NaN or infinity");
-            }
-            if (checkFinite && !kernels.allFinite(m.b)) {
-                throw new InvalidUpdateException(id, m.name, "lora_B holds NaN or infinity");
-            }
-            double w = weight;
-            if (strategy == Strategy.NORM) {
-                w = Math.sqrt(kernels.loraNormSquared(m.a, m.b));
-                if (!Double.isFinite(w)) {
-                    // Also where the scan was skipped: a NaN or infinity in A or B makes the norm non-finite.
-                    throw new InvalidUpdateException(id, m.name, "||B A||_F is not finite (NaN or infinity in lora_A or lora_B, or overflow)");
-                }
-            }
-            parsed.moduleWeight.put(m.name, w);
-        }
-        for (Other o : parsed.others.values()) {
-            if (checkFinite && !kernels.allFinite(o.values)) {
-                throw new InvalidUpdateException(id, o.key, "holds NaN or infinity");
-            }
+            throw invalid(client, null, "holds no LoRA factors (no keys ending in .lora_A.weight / .lora_B.weight,"
+                    + " .lora_A.<adapter>.weight or .lora_embedding_A)");
         }
         return parsed;
     }
 
-    /** The (A suffix, B suffix) pair whose A or B suffix ends {@code key}, or null. */
-    static String[] factorPair(String key) {
-        for (String[] pair : FACTOR_SUFFIXES) {
-            if (key.endsWith(pair[0]) || key.endsWith(pair[1])) {
-                return pair;
-            }
+    /**
+     * Refuses memory the kernels cannot read (a closed arena, or a confined one, which only its
+     * owner thread may touch while the kernels split work across threads); true when the memory
+     * can still fail under a reader (a mapped file that another process truncates, an arena
+     * closed meanwhile), so that the round keeps an undo copy while it sums such a client.
+     */
+    private static boolean checkMemory(ClientUpdate client, String key, MemorySegment data) {
+        if (!data.scope().isAlive()) {
+            throw invalid(client, key, "its memory was already freed (the arena it lives in is closed)");
         }
-        return null;
+        if (!data.isAccessibleBy(ANY_OTHER_THREAD)) {
+            throw invalid(client, key, "lives in a confined arena, which only its owner thread may read; allocate it in a"
+                    + " shared arena (Arena.ofShared()), the global arena or on the heap");
+        }
+        return data.isNative() && (data.isMapped() || !data.scope().equals(MemorySegment.NULL.scope()));
     }
 
-    private static Module module(String id, String module, String keyA, Tensor a, String keyB, Tensor b) {
+    private static Module module(ClientUpdate client, String module, String keyA, Tensor a, String keyB, Tensor b) {
         if (a.rank() != 2 || b.rank() != 2) {
-            throw new InvalidUpdateException(id, module, "factors must be 2-D, got lora_A " + a + " and lora_B " + b);
+            throw invalid(client, module, "factors must be 2-D, got lora_A " + a + " and lora_B " + b);
         }
         long rank = a.dim(0);
         if (b.dim(1) != rank) {
-            throw new InvalidUpdateException(id, module, "lora_A " + Arrays.toString(a.shape()) + " has rank " + rank
+            throw invalid(client, module, "lora_A " + Arrays.toString(a.shape()) + " has rank " + rank
                     + " but lora_B " + Arrays.toString(b.shape()) + " has rank " + b.dim(1));
         }
         if (rank < 1) {
-            throw new InvalidUpdateException(id, module, "rank 0 (lora_A " + Arrays.toString(a.shape()) + ")");
+            throw invalid(client, module, "rank 0 (lora_A " + Arrays.toString(a.shape()) + ")");
         }
         if (a.dim(1) < 1 || b.dim(0) < 1) {
-            throw new InvalidUpdateException(id, module, "empty factor: lora_A " + Arrays.toString(a.shape())
+            throw invalid(client, module, "empty factor: lora_A " + Arrays.toString(a.shape())
                     + ", lora_B " + Arrays.toString(b.shape()));
         }
         if (a.elementCount() > Integer.MAX_VALUE - 8 || b.elementCount() > Integer.MAX_VALUE - 8) {
-            throw new InvalidUpdateException(id, module, "factor of more than 2^31 elements is not supported");
+            throw invalid(client, module, "factor of more than 2^31 elements is not supported");
         }
         int r = (int) rank;
         return new Module(module, keyA, keyB,
@@ -146,9 +127,9 @@ final class ParsedUpdate {
                 Matrix.dense(b.data(), b.dtype(), (int) b.dim(0), r), r);
     }
 
-    private static Other other(String id, String key, Tensor t) {
+    private static Other other(ClientUpdate client, String key, Tensor t) {
         if (t.elementCount() > Integer.MAX_VALUE - 8) {
-            throw new InvalidUpdateException(id, key, "tensor of more than 2^31 elements is not supported");
+            throw invalid(client, key, "tensor of more than 2^31 elements is not supported");
         }
         return new Other(key, t.shape(), rowsOf(t));
     }
@@ -159,5 +140,13 @@ final class ParsedUpdate {
         int cols = shape.length == 0 ? 1 : (int) shape[shape.length - 1];
         int rows = cols == 0 ? 0 : (int) (t.elementCount() / cols);
         return Matrix.dense(t.data(), t.dtype(), rows, cols);
+    }
+
+    static InvalidUpdateException invalid(ClientUpdate client, String module, String problem) {
+        return new InvalidUpdateException(client.clientId(), client.source(), module, problem, null);
+    }
+
+    InvalidUpdateException invalid(String module, String problem) {
+        return invalid(client, module, problem);
     }
 }

@@ -1,162 +1,249 @@
 package io.fedlora;
 
-import io.fedlora.tensor.Tensor;
-
 import io.fedlora.kernels.Accumulator;
+import io.fedlora.kernels.Kernels;
+import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Matrix;
+import io.fedlora.tensor.Tensor;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.locks.ReentrantLock;
 
 /**
  * A streaming aggregation round (DESIGN §2, "streaming and merging"). Each module keeps the
  * weighted sums {@code SA = sum p_k padZero(A_k)} and {@code SB}, the owner weights {@code P_i} and
- * the total {@code P}; adding a client is an axpy into them, two rounds merge by adding everything,
- * and {@link #finish} divides. Memory is one global adapter however many clients are added.
+ * the total {@code P}; adding a client is an axpy into them, rounds and partials merge by adding
+ * everything, and {@link #finish} divides. Memory is one global adapter however many clients
+ * are added.
  *
- * <p>{@link #add} is safe from many threads at once and loses nothing. A client is checked
- * completely before any of its values touch the sums, so a refused client leaves the round exactly
- * as it was, and the caller may go on without it.
+ * <p>Thread-safe, and atomic: {@link #add}, {@link #merge} and {@link #mergePartial} against
+ * {@link #finish}, {@link #toPartial} and {@link #close} see all of a client or none of it. A
+ * client is parsed and its values screened (NaN, infinity, NORM's norm, a truncated file) before
+ * the round's lock is taken, so adds from many threads overlap in that reading; the sums are
+ * then updated under the lock by the backend's own threads. A client the round cannot take is
+ * refused by {@code add} itself, and a client whose add fails for any reason once it started (an
+ * I/O fault on a mapped file, an arena closed meanwhile) leaves the round bit for bit as it was:
+ * such memory is summed only after the round has copied the sums it is about to change.
  */
 public final class Round implements AutoCloseable {
 
-    private final Aggregator aggregator;
-    /** Guards the maps and counts below; the sums of a module are guarded by that module. */
-    private final Object registry = new Object();
-    private final Map<String, int[]> moduleShapes = new LinkedHashMap<>();
-    private final Map<String, long[]> otherShapes = new LinkedHashMap<>();
+    private static final AtomicLong IDS = new AtomicLong();
+
+    /** Orders the locks of two rounds that merge, so that a.merge(b) and b.merge(a) cannot deadlock. */
+    private final long id = IDS.incrementAndGet();
+    private final Policy policy;
+    private final Kernels kernels;
+    private final ReentrantLock lock = new ReentrantLock();
+    private final Shapes shapes;
     private final Map<String, ModuleSums> modules = new LinkedHashMap<>();
-    private final Map<String, OtherSums> others = new LinkedHashMap<>();
-    private final List<String> keyOrder = new ArrayList<>();
-    private int clients;
+    private final Map<String, TensorSums> others = new LinkedHashMap<>();
+    private final LinkedHashSet<String> keyOrder = new LinkedHashSet<>();
+    private long clients;
     private boolean closed;
 
-    Round(Aggregator aggregator) {
-        this.aggregator = aggregator;
+    Round(Policy policy, Kernels kernels) {
+        this.policy = policy;
+        this.kernels = kernels;
+        this.shapes = new Shapes(policy.allowMissing());
     }
 
-    /** Clients added so far, merged rounds' clients included. */
-    public int clientCount() {
-        synchronized (registry) {
+    public Policy policy() {
+        return policy;
+    }
+
+    /** Clients added so far, merged rounds' and partials' clients included. */
+    public long clientCount() {
+        lock.lock();
+        try {
             return clients;
+        } finally {
+            lock.unlock();
         }
     }
 
     /**
-     * Checks {@code client} and adds it to the sums. Throws {@link InvalidUpdateException}, with the
-     * round unchanged, when the client is unusable.
+     * Checks {@code client} and adds it to the sums. Throws {@link InvalidUpdateException} naming
+     * the client (and its file), with the round unchanged, when the client is unusable or its
+     * data cannot be read; {@link IllegalStateException} when the round is closed.
      */
     public void add(ClientUpdate client) {
-        ParsedUpdate parsed = ParsedUpdate.parse(client, aggregator.strategy, aggregator.kernels, true);
-        List<ModuleSums> targets = new ArrayList<>();
-        List<OtherSums> otherTargets = new ArrayList<>();
-        synchronized (registry) {
+        ParsedUpdate parsed = ParsedUpdate.parse(client);
+        Map<String, Double> weights = Screen.moduleWeights(parsed, policy.strategy(), kernels, true);
+        lock.lock();
+        try {
             ensureOpen();
-            // Check every shape against the round before registering any, so a refusal changes nothing.
-            Map<String, int[]> newShapes = new LinkedHashMap<>(moduleShapes);
-            Map<String, long[]> newOtherShapes = new LinkedHashMap<>(otherShapes);
+            shapes.check(parsed);
+            List<Runnable> undo = new ArrayList<>();
+            try {
+                addLocked(parsed, weights, undo);
+            } catch (Throwable t) {
+                for (int i = undo.size() - 1; i >= 0; i--) {
+                    undo.get(i).run();
+                }
+                if (t instanceof Error e && !Screen.isReadFault(e)) {
+                    throw e;
+                }
+                throw Screen.unreadable(client, t);
+            }
+            shapes.record(parsed);
             for (ParsedUpdate.Module m : parsed.modules.values()) {
-                Aggregator.checkModuleShape(newShapes, client.clientId(), m);
-                aggregator.clientScale(client, m.name(), m.rank());
+                keyOrder.add(m.keyA());
+                keyOrder.add(m.keyB());
             }
-            for (ParsedUpdate.Other o : parsed.others.values()) {
-                Aggregator.checkOtherShape(newOtherShapes, client.clientId(), o);
-            }
-            moduleShapes.putAll(newShapes);
-            otherShapes.putAll(newOtherShapes);
-            for (ParsedUpdate.Module m : parsed.modules.values()) {
-                targets.add(modules.computeIfAbsent(m.name(), name -> {
-                    keyOrder.add(m.keyA());
-                    keyOrder.add(m.keyB());
-                    return new ModuleSums(m.keyA(), m.keyB(), m.inFeatures(), m.outFeatures());
-                }));
-            }
-            for (ParsedUpdate.Other o : parsed.others.values()) {
-                otherTargets.add(others.computeIfAbsent(o.key(), key -> {
-                    keyOrder.add(key);
-                    return new OtherSums(o.shape(), o.values().rows(), o.values().cols());
-                }));
-            }
+            keyOrder.addAll(parsed.others.keySet());
             clients++;
+        } finally {
+            lock.unlock();
         }
-        int t = 0;
+    }
+
+    /** Sums one screened client; every change it makes first registers how to take it back. */
+    private void addLocked(ParsedUpdate parsed, Map<String, Double> weights, List<Runnable> undo) {
+        // Every contribution (and so every refusal for weights out of range) before any change.
+        List<Book.Contribution> contributions = new ArrayList<>();
         for (ParsedUpdate.Module m : parsed.modules.values()) {
-            double w = parsed.moduleWeight.get(m.name());
-            targets.get(t++).add(m, w, w * aggregator.clientScale(client, m.name(), m.rank()));
+            ModuleSums sums = modules.get(m.name());
+            Book book = sums == null ? new Book(m.name(), policy, 0) : sums.book;
+            contributions.add(book.contribution(parsed, m.rank(), weights.get(m.name()),
+                    Book.clientScale(policy, parsed, m.name(), m.rank())));
         }
-        t = 0;
+        List<Book.Contribution> otherContributions = new ArrayList<>();
         for (ParsedUpdate.Other o : parsed.others.values()) {
-            otherTargets.get(t++).add(o.values(), client.weight());
+            TensorSums sums = others.get(o.key());
+            Book book = sums == null ? new Book(o.key(), policy, 0) : sums.book;
+            otherContributions.add(book.contribution(parsed, 0, parsed.client.weight(), 1));
+        }
+        int c = 0;
+        for (ParsedUpdate.Module m : parsed.modules.values()) {
+            ModuleSums sums = modules.get(m.name());
+            if (sums == null) {
+                ModuleSums created = new ModuleSums(m.name(), m.keyA(), m.keyB(), m.inFeatures(), m.outFeatures());
+                undo.add(() -> {
+                    modules.remove(m.name());
+                    created.close();
+                });
+                modules.put(m.name(), created);
+                sums = created;
+            } else {
+                undo.add(sums.checkpoint(parsed.faultable));
+            }
+            sums.add(m, weights.get(m.name()), contributions.get(c++));
+        }
+        c = 0;
+        for (ParsedUpdate.Other o : parsed.others.values()) {
+            TensorSums sums = others.get(o.key());
+            if (sums == null) {
+                TensorSums created = new TensorSums(o.key(), o.shape(), o.values().rows(), o.values().cols());
+                undo.add(() -> {
+                    others.remove(o.key());
+                    created.close();
+                });
+                others.put(o.key(), created);
+                sums = created;
+            } else {
+                undo.add(sums.checkpoint(parsed.faultable));
+            }
+            sums.add(o.values(), parsed.client.weight(), otherContributions.get(c++));
         }
     }
 
     /**
      * Adds everything {@code other} holds into this round, as if its clients had been added here.
-     * Both rounds must come from the same aggregator; {@code other} must not be changing meanwhile
-     * and stays as it was.
+     * The policies must be equal (the rounds may come from different aggregators, even backends);
+     * {@code other} stays as it was. Atomic on both rounds.
      */
     public void merge(Round other) {
         if (other == this) {
             throw new IllegalArgumentException("cannot merge a round into itself");
         }
-        if (other.aggregator != aggregator) {
-            throw new IllegalArgumentException("rounds of different aggregators cannot be merged");
+        checkPolicy(other.policy, "the merged round");
+        Round first = id < other.id ? this : other, second = first == this ? other : this;
+        first.lock.lock();
+        try {
+            second.lock.lock();
+            try {
+                ensureOpen();
+                if (other.closed) {
+                    throw new IllegalStateException("the round being merged is closed");
+                }
+                shapes.checkMerge(other.shapes.modules, other.shapes.others, "the merged round");
+                List<Runnable> steps = new ArrayList<>();
+                for (ModuleSums theirs : other.modules.values()) {
+                    ModuleSums mine = modules.get(theirs.book.name);
+                    float factor = mine == null ? 1f : mine.book.mergeFactor(theirs.book.exponent, theirs.book.totalWeight);
+                    steps.add(() -> moduleFor(theirs.book.name, theirs.keyA, theirs.keyB, theirs.inFeatures, theirs.outFeatures)
+                            .merge(theirs, factor, other.kernels == kernels));
+                }
+                for (TensorSums theirs : other.others.values()) {
+                    TensorSums mine = others.get(theirs.book.name);
+                    float factor = mine == null ? 1f : mine.book.mergeFactor(theirs.book.exponent, theirs.book.totalWeight);
+                    steps.add(() -> tensorFor(theirs.book.name, theirs.shape, theirs.sums.rows(), theirs.sums.cols())
+                            .merge(theirs, factor, other.kernels == kernels));
+                }
+                steps.forEach(Runnable::run);
+                shapes.recordMerge(other.shapes.modules, other.shapes.others, "the merged round");
+                keyOrder.addAll(other.keyOrder);
+                clients += other.clients;
+            } finally {
+                second.lock.unlock();
+            }
+        } finally {
+            first.lock.unlock();
         }
-        Map<String, ModuleSums> theirModules;
-        Map<String, OtherSums> theirOthers;
-        int theirClients;
-        synchronized (other.registry) {
-            theirModules = new LinkedHashMap<>(other.modules);
-            theirOthers = new LinkedHashMap<>(other.others);
-            theirClients = other.clients;
-        }
-        List<ModuleSums[]> pairs = new ArrayList<>();
-        List<OtherSums[]> otherPairs = new ArrayList<>();
-        synchronized (registry) {
+    }
+
+    /**
+     * Adds a partial aggregate (from {@link #toPartial()} here or on another server) into this
+     * round, reading its sums in place. The policies must be equal.
+     */
+    public void mergePartial(Partial partial) {
+        checkPolicy(partial.policy(), "the partial");
+        Map<String, int[]> theirModules = new LinkedHashMap<>();
+        partial.modules.forEach((name, m) -> theirModules.put(name, new int[] {m.inFeatures(), m.outFeatures()}));
+        Map<String, long[]> theirOthers = new LinkedHashMap<>();
+        partial.others.forEach((key, t) -> theirOthers.put(key, t.shape()));
+        lock.lock();
+        try {
             ensureOpen();
-            for (Map.Entry<String, ModuleSums> e : theirModules.entrySet()) {
-                int[] known = moduleShapes.get(e.getKey());
-                ModuleSums theirs = e.getValue();
-                if (known != null && (known[0] != theirs.inFeatures || known[1] != theirs.outFeatures)) {
-                    throw new IllegalArgumentException("module '" + e.getKey() + "' has " + theirs.inFeatures + " x "
-                            + theirs.outFeatures + " features in the merged round but " + known[0] + " x " + known[1] + " here");
-                }
+            shapes.checkMerge(theirModules, theirOthers, "the partial");
+            List<Runnable> steps = new ArrayList<>();
+            for (Partial.ModulePart p : partial.modules.values()) {
+                ModuleSums mine = modules.get(p.module());
+                float factor = mine == null ? 1f : mine.book.mergeFactor(p.exponent(), p.totalWeight());
+                steps.add(() -> moduleFor(p.module(), p.keyA(), p.keyB(), p.inFeatures(), p.outFeatures()).merge(p, factor));
             }
-            for (Map.Entry<String, OtherSums> e : theirOthers.entrySet()) {
-                long[] known = otherShapes.get(e.getKey());
-                if (known != null && !Arrays.equals(known, e.getValue().shape)) {
-                    throw new IllegalArgumentException("tensor '" + e.getKey() + "' has shape "
-                            + Arrays.toString(e.getValue().shape) + " in the merged round but "
-                            + Arrays.toString(known) + " here");
-                }
+            for (Partial.TensorPart p : partial.others.values()) {
+                TensorSums mine = others.get(p.key());
+                float factor = mine == null ? 1f : mine.book.mergeFactor(p.exponent(), p.totalWeight());
+                Matrix rows = ParsedUpdate.rowsOf(p.sums());
+                steps.add(() -> tensorFor(p.key(), p.shape(), rows.rows(), rows.cols()).merge(p, rows, factor));
             }
-            for (Map.Entry<String, ModuleSums> e : theirModules.entrySet()) {
-                ModuleSums theirs = e.getValue();
-                moduleShapes.putIfAbsent(e.getKey(), new int[] {theirs.inFeatures, theirs.outFeatures});
-                pairs.add(new ModuleSums[] {modules.computeIfAbsent(e.getKey(), name -> {
-                    keyOrder.add(theirs.keyA);
-                    keyOrder.add(theirs.keyB);
-                    return new ModuleSums(theirs.keyA, theirs.keyB, theirs.inFeatures, theirs.outFeatures);
-                }), theirs});
-            }
-            for (Map.Entry<String, OtherSums> e : theirOthers.entrySet()) {
-                OtherSums theirs = e.getValue();
-                otherShapes.putIfAbsent(e.getKey(), theirs.shape);
-                otherPairs.add(new OtherSums[] {others.computeIfAbsent(e.getKey(), key -> {
-                    keyOrder.add(key);
-                    return new OtherSums(theirs.shape, theirs.sums.rows(), theirs.sums.cols());
-                }), theirs});
-            }
-            clients += theirClients;
+            steps.forEach(Runnable::run);
+            shapes.recordMerge(theirModules, theirOthers, "the partial");
+            keyOrder.addAll(partial.keyOrder);
+            clients += partial.clientCount();
+        } finally {
+            lock.unlock();
         }
-        for (ModuleSums[] pair : pairs) {
-            pair[0].merge(pair[1]);
+    }
+
+    private void checkPolicy(Policy theirs, String what) {
+        if (!policy.equals(theirs)) {
+            throw new IllegalArgumentException(what + " was summed under " + theirs + ", this round under " + policy
+                    + "; only rounds of equal policies merge");
         }
-        for (OtherSums[] pair : otherPairs) {
-            pair[0].merge(pair[1]);
-        }
+    }
+
+    private ModuleSums moduleFor(String name, String keyA, String keyB, int in, int out) {
+        return modules.computeIfAbsent(name, n -> new ModuleSums(n, keyA, keyB, in, out));
+    }
+
+    private TensorSums tensorFor(String key, long[] shape, int rows, int cols) {
+        return others.computeIfAbsent(key, k -> new TensorSums(k, shape, rows, cols));
     }
 
     /**
@@ -164,166 +251,60 @@ public final class Round implements AutoCloseable {
      * sums are kept, so a round can be finished, then continued and finished again.
      */
     public Map<String, Tensor> finish() {
-        Map<String, ModuleSums> moduleSnapshot;
-        Map<String, OtherSums> otherSnapshot;
-        List<String> order;
-        int total;
-        synchronized (registry) {
+        lock.lock();
+        try {
             ensureOpen();
             if (clients == 0) {
                 throw new IllegalStateException("the round has no clients to aggregate");
             }
-            moduleSnapshot = new LinkedHashMap<>(modules);
-            otherSnapshot = new LinkedHashMap<>(others);
-            order = new ArrayList<>(keyOrder);
-            total = clients;
+            Map<String, Tensor> out = new LinkedHashMap<>();
+            for (ModuleSums m : modules.values()) {
+                m.finish(out);
+            }
+            for (TensorSums t : others.values()) {
+                t.finish(out);
+            }
+            return Aggregator.orderLike(out, keyOrder);
+        } finally {
+            lock.unlock();
         }
-        Map<String, Tensor> out = new LinkedHashMap<>();
-        for (Map.Entry<String, ModuleSums> e : moduleSnapshot.entrySet()) {
-            e.getValue().finish(e.getKey(), total, out);
-        }
-        for (Map.Entry<String, OtherSums> e : otherSnapshot.entrySet()) {
-            e.getValue().finish(e.getKey(), total, out);
-        }
-        Map<String, Tensor> ordered = new LinkedHashMap<>();
-        for (String key : order) {
-            ordered.put(key, out.get(key));
-        }
-        return ordered;
     }
-
-    // ---- partials that travel between servers ----------------------------------------------
-
-    /** Key suffixes of the bookkeeping tensors in a partial; no PEFT key ends this way. */
-    static final String OWNER_WEIGHT = ".fedlora_partial.owner_weight";
-    static final String COUNTS = ".fedlora_partial.counts";
-    static final String ROUND_KEY = "fedlora_partial.round";
-    private static final int PARTIAL_FORMAT = 1;
 
     /**
-     * This round's partial aggregate as plain tensors, so that another server can merge it (write
-     * it with the safetensors writer, read it there, {@link Aggregator#roundFromPartial}): the raw
-     * sums under the PEFT keys, and per module the owner weights and totals, each double kept as
-     * a float32 pair (value, remainder) so nothing is lost on the way.
+     * A consistent snapshot of this round as a {@link Partial}, to merge elsewhere or to send to
+     * another server. The round goes on unchanged.
      */
-    public Map<String, Tensor> toPartial() {
-        Map<String, Tensor> out = new LinkedHashMap<>();
-        synchronized (registry) {
-            ensureOpen();
-            out.put(ROUND_KEY, Tensor.of(new float[] {PARTIAL_FORMAT, aggregator.strategy.ordinal(), clients}, 3));
-            for (Map.Entry<String, ModuleSums> e : modules.entrySet()) {
-                e.getValue().exportTo(e.getKey(), out);
-            }
-            for (Map.Entry<String, OtherSums> e : others.entrySet()) {
-                e.getValue().exportTo(e.getKey(), out);
-            }
-        }
-        return out;
-    }
-
-    /** Rebuilds a round from {@link #toPartial()}'s tensors; a malformed partial is refused whole. */
-    static Round fromPartial(Aggregator aggregator, Map<String, Tensor> partial) {
-        Tensor header = partial.get(ROUND_KEY);
-        if (header == null || header.elementCount() != 3 || header.get(0) != PARTIAL_FORMAT) {
-            throw new IllegalArgumentException("not a fedlora partial (no " + ROUND_KEY + " of format " + PARTIAL_FORMAT + ")");
-        }
-        Strategy strategy = Strategy.values()[Math.clamp((long) header.get(1), 0, Strategy.values().length - 1)];
-        if (strategy != aggregator.strategy || header.get(1) != strategy.ordinal()) {
-            throw new IllegalArgumentException("the partial was summed for " + strategy + ", this aggregator uses " + aggregator.strategy);
-        }
-        Round round = new Round(aggregator);
+    public Partial toPartial() {
+        lock.lock();
         try {
-            for (Map.Entry<String, Tensor> e : partial.entrySet()) {
-                String key = e.getKey();
-                if (key.endsWith(OWNER_WEIGHT)) {
-                    round.importModule(key.substring(0, key.length() - OWNER_WEIGHT.length()), partial);
-                } else if (key.endsWith(COUNTS) && !partial.containsKey(
-                        key.substring(0, key.length() - COUNTS.length()) + OWNER_WEIGHT)) {
-                    round.importOther(key.substring(0, key.length() - COUNTS.length()), partial);
-                }
+            ensureOpen();
+            Map<String, Partial.ModulePart> parts = new LinkedHashMap<>();
+            for (ModuleSums m : modules.values()) {
+                parts.put(m.book.name, m.export());
             }
-            round.clients = (int) header.get(2);
-        } catch (RuntimeException e) {
-            round.close();
-            throw e;
-        }
-        return round;
-    }
-
-    private void importModule(String module, Map<String, Tensor> partial) {
-        String keyA = null, keyB = null;
-        for (String[] suffixes : ParsedUpdate.FACTOR_SUFFIXES) {
-            if (partial.containsKey(module + suffixes[0])) {
-                keyA = module + suffixes[0];
-                keyB = module + suffixes[1];
+            Map<String, Partial.TensorPart> tensorParts = new LinkedHashMap<>();
+            for (TensorSums t : others.values()) {
+                tensorParts.put(t.book.name, t.export());
             }
+            return new Partial(policy, clients, parts, tensorParts, new ArrayList<>(keyOrder));
+        } finally {
+            lock.unlock();
         }
-        Tensor a = keyA == null ? null : partial.get(keyA), b = keyB == null ? null : partial.get(keyB);
-        Tensor owner = partial.get(module + OWNER_WEIGHT), counts = partial.get(module + COUNTS);
-        if (a == null || b == null || counts == null || a.rank() != 2 || b.rank() != 2 || a.dim(0) != b.dim(1)
-                || owner.elementCount() != 2 * a.dim(0) || counts.elementCount() != 3) {
-            throw new IllegalArgumentException("partial module '" + module + "' is incomplete or its shapes disagree");
-        }
-        int rank = (int) a.dim(0);
-        if (aggregator.globalRank > 0 && rank != aggregator.globalRank) {
-            throw new IllegalArgumentException("partial module '" + module + "' has rank " + rank
-                    + " but this aggregator's global rank is " + aggregator.globalRank);
-        }
-        ModuleSums sums = new ModuleSums(keyA, keyB, (int) a.dim(1), (int) b.dim(0));
-        modules.put(module, sums);
-        moduleShapes.put(module, new int[] {sums.inFeatures, sums.outFeatures});
-        keyOrder.add(keyA);
-        keyOrder.add(keyB);
-        sums.reserve(rank);
-        sums.sumA.add(Matrix.dense(a.data(), a.dtype(), rank, sums.inFeatures), 1f);
-        sums.sumB.add(Matrix.dense(b.data(), b.dtype(), sums.outFeatures, rank), 1f);
-        for (int i = 0; i < rank; i++) {
-            sums.ownerWeight[i] = (double) owner.get(i) + owner.get(rank + i);
-        }
-        sums.totalWeight = (double) counts.get(0) + counts.get(1);
-        sums.clientCount = (int) counts.get(2);
     }
 
-    private void importOther(String key, Map<String, Tensor> partial) {
-        Tensor values = partial.get(key), counts = partial.get(key + COUNTS);
-        if (values == null || counts.elementCount() != 3) {
-            throw new IllegalArgumentException("partial tensor '" + key + "' is incomplete");
-        }
-        Matrix rows = ParsedUpdate.rowsOf(values);
-        OtherSums sums = new OtherSums(values.shape(), rows.rows(), rows.cols());
-        others.put(key, sums);
-        otherShapes.put(key, values.shape());
-        keyOrder.add(key);
-        sums.sums.add(rows, 1f);
-        sums.totalWeight = (double) counts.get(0) + counts.get(1);
-        sums.clientCount = (int) counts.get(2);
-    }
-
-    /** A double as two floats whose sum is the double to about 48 bits. */
-    private static float[] split(double value) {
-        float high = (float) value;
-        return new float[] {high, (float) (value - high)};
-    }
-
-    private static Tensor counts(double totalWeight, int clientCount) {
-        float[] w = split(totalWeight);
-        return Tensor.of(new float[] {w[0], w[1], clientCount}, 3);
-    }
-
-    /** Frees the sums (device memory on the CUDA backend). The round cannot be used afterwards. */
+    /** Frees the sums (device memory on the CUDA backend). Idempotent; the round cannot be used afterwards. */
     @Override
     public void close() {
-        synchronized (registry) {
+        lock.lock();
+        try {
             if (closed) {
                 return;
             }
             closed = true;
-            for (ModuleSums m : modules.values()) {
-                m.close();
-            }
-            for (OtherSums o : others.values()) {
-                o.close();
-            }
+            modules.values().forEach(ModuleSums::close);
+            others.values().forEach(TensorSums::close);
+        } finally {
+            lock.unlock();
         }
     }
 
@@ -333,107 +314,123 @@ public final class Round implements AutoCloseable {
         }
     }
 
-    /** The running sums of one LoRA module; every method holds the module's lock. */
+    private static float[] raw(Accumulator sums) {
+        float[] values = new float[Math.multiplyExact(sums.rows(), sums.cols())];
+        sums.finish(values, null, null); // scale 1: the raw sums
+        return values;
+    }
+
+    private float[] checkedFinish(Accumulator sums, float[] rowScale, float[] colScale, String name, String what) {
+        float[] values = new float[Math.multiplyExact(sums.rows(), sums.cols())];
+        sums.finish(values, rowScale, colScale);
+        if (!kernels.allFinite(Matrix.of(values, sums.rows(), sums.cols()))) {
+            throw new ArithmeticException("'" + name + "': the weighted sum of " + what
+                    + " overflowed float32 (values times weights beyond 3.4e38)");
+        }
+        return values;
+    }
+
+    /** The running sums of one LoRA module; used under the round's lock. */
     private final class ModuleSums {
         final String keyA, keyB;
         final int inFeatures, outFeatures;
-        /** Components held: the fixed global rank, or the largest client rank so far. */
-        int rank;
+        final Book book;
         Accumulator sumA, sumB;
-        double[] ownerWeight = new double[0];
-        double totalWeight;
-        int clientCount;
 
-        ModuleSums(String keyA, String keyB, int inFeatures, int outFeatures) {
+        ModuleSums(String name, String keyA, String keyB, int inFeatures, int outFeatures) {
             this.keyA = keyA;
             this.keyB = keyB;
             this.inFeatures = inFeatures;
             this.outFeatures = outFeatures;
+            this.book = new Book(name, policy, 0);
         }
 
-        synchronized void add(ParsedUpdate.Module m, double weightA, double weightB) {
-            int kept = reserve(m.rank());
-            float wa = (float) weightA;
-            sumA.add(m.a().corner(kept, inFeatures), wa);
-            sumB.add(m.b().corner(outFeatures, kept), (float) weightB);
-            for (int i = 0; i < kept; i++) {
-                ownerWeight[i] += wa;
-            }
-            totalWeight += wa;
-            clientCount++;
-        }
-
-        /** Makes room for a client of rank {@code clientRank}; returns how many of its components are kept. */
-        private int reserve(int clientRank) {
-            int fixed = aggregator.globalRank;
-            int wanted = fixed > 0 ? fixed : Math.max(rank, clientRank);
+        /** Makes room for {@code rank} components; new cells are zero. */
+        void reserve(int rank) {
             if (sumA == null) {
-                sumA = aggregator.kernels.newAccumulator(wanted, inFeatures);
-                sumB = aggregator.kernels.newAccumulator(outFeatures, wanted);
-            } else if (wanted > rank) {
-                sumA.grow(wanted, inFeatures);
-                sumB.grow(outFeatures, wanted);
-            }
-            if (wanted > rank) {
-                ownerWeight = Arrays.copyOf(ownerWeight, wanted);
-                rank = wanted;
-            }
-            return Math.min(clientRank, rank);
-        }
-
-        void merge(ModuleSums other) {
-            // Lock order by identity so that two rounds merging into each other cannot deadlock.
-            ModuleSums first = System.identityHashCode(this) <= System.identityHashCode(other) ? this : other;
-            ModuleSums second = first == this ? other : this;
-            synchronized (first) {
-                synchronized (second) {
-                    if (other.sumA == null) {
-                        return;
-                    }
-                    reserve(other.rank);
-                    sumA.add(other.sumA);
-                    sumB.add(other.sumB);
-                    for (int i = 0; i < other.rank; i++) {
-                        ownerWeight[i] += other.ownerWeight[i];
-                    }
-                    totalWeight += other.totalWeight;
-                    clientCount += other.clientCount;
+                sumA = kernels.newAccumulator(rank, inFeatures);
+                try {
+                    sumB = kernels.newAccumulator(outFeatures, rank);
+                } catch (RuntimeException | Error e) {
+                    sumA.close();
+                    sumA = null;
+                    throw e;
                 }
+            } else if (rank > book.rank) {
+                sumA.grow(rank, inFeatures);
+                sumB.grow(outFeatures, rank);
             }
+            book.grow(rank);
         }
 
-        synchronized void finish(String module, int roundClients, Map<String, Tensor> out) {
-            aggregator.checkPresence(module, clientCount, roundClients);
-            float[] scaleA = aggregator.componentScale(module, ownerWeight, totalWeight);
-            float[] scaleB = aggregator.foldedScale(scaleA, module, rank);
-            float[] a = new float[Math.multiplyExact(rank, inFeatures)];
-            float[] b = new float[Math.multiplyExact(outFeatures, rank)];
-            sumA.finish(a, scaleA, null);
-            sumB.finish(b, null, scaleB);
-            out.put(keyA, Tensor.of(a, rank, inFeatures));
-            out.put(keyB, Tensor.of(b, outFeatures, rank));
+        void add(ParsedUpdate.Module m, double weight, Book.Contribution c) {
+            reserve(book.rankFor(m.rank()));
+            sumA.add(m.a().corner(c.kept(), inFeatures), c.weightA());
+            sumB.add(m.b().corner(outFeatures, c.kept()), c.weightB());
+            book.record(weight, c);
         }
 
-        synchronized void exportTo(String module, Map<String, Tensor> out) {
-            float[] a = new float[Math.multiplyExact(rank, inFeatures)];
-            float[] b = new float[Math.multiplyExact(outFeatures, rank)];
-            float[] owner = new float[2 * rank];
-            if (sumA != null) {
-                sumA.finish(a, null, null); // scale 1: the raw sums
-                sumB.finish(b, null, null);
-            }
-            for (int i = 0; i < rank; i++) {
-                float[] w = split(ownerWeight[i]);
-                owner[i] = w[0];
-                owner[rank + i] = w[1];
-            }
-            out.put(keyA, Tensor.of(a, rank, inFeatures));
-            out.put(keyB, Tensor.of(b, outFeatures, rank));
-            out.put(module + OWNER_WEIGHT, Tensor.of(owner, 2, rank));
-            out.put(module + COUNTS, counts(totalWeight, clientCount));
+        /**
+         * How to take back the next change: restore the bookkeeping and, when the sums may be
+         * left half-updated (memory that can fault), a copy of the sums taken now.
+         */
+        Runnable checkpoint(boolean copySums) {
+            Book saved = book.copy();
+            float[] a = copySums && sumA != null ? raw(sumA) : null;
+            float[] b = copySums && sumB != null ? raw(sumB) : null;
+            return () -> {
+                if (a != null) {
+                    Accumulator newA = kernels.newAccumulator(saved.rank, inFeatures);
+                    Accumulator newB = kernels.newAccumulator(outFeatures, saved.rank);
+                    // fma(1, x, +0) = x: the copy goes back bit for bit (sums are never -0).
+                    newA.add(Matrix.of(a, saved.rank, inFeatures), 1f);
+                    newB.add(Matrix.of(b, outFeatures, saved.rank), 1f);
+                    sumA.close();
+                    sumB.close();
+                    sumA = newA;
+                    sumB = newB;
+                }
+                book.rank = saved.rank;
+                book.ownerWeight = saved.ownerWeight;
+                book.totalWeight = saved.totalWeight;
+                book.clients = saved.clients;
+                book.exponent = saved.exponent;
+            };
         }
 
-        synchronized void close() {
+        void merge(ModuleSums theirs, float factor, boolean sameBackend) {
+            reserve(Math.max(book.rank, theirs.book.rank));
+            if (factor == 1f && sameBackend) {
+                sumA.add(theirs.sumA);
+                sumB.add(theirs.sumB);
+            } else {
+                sumA.add(Matrix.of(raw(theirs.sumA), theirs.book.rank, inFeatures), factor);
+                sumB.add(Matrix.of(raw(theirs.sumB), outFeatures, theirs.book.rank), factor);
+            }
+            book.merge(theirs.book, factor);
+        }
+
+        void merge(Partial.ModulePart p, float factor) {
+            reserve(Math.max(book.rank, p.rank()));
+            sumA.add(Matrix.dense(p.sumA().data(), DType.F32, p.rank(), inFeatures), factor);
+            sumB.add(Matrix.dense(p.sumB().data(), DType.F32, outFeatures, p.rank()), factor);
+            book.merge(p.ownerWeight(), p.totalWeight(), p.clients(), p.exponent(), factor);
+        }
+
+        void finish(Map<String, Tensor> out) {
+            float[] scaleA = book.scaleA();
+            float[] scaleB = book.scaleB(scaleA);
+            out.put(keyA, Tensor.of(checkedFinish(sumA, scaleA, null, book.name, "lora_A"), book.rank, inFeatures));
+            out.put(keyB, Tensor.of(checkedFinish(sumB, null, scaleB, book.name, "lora_B"), outFeatures, book.rank));
+        }
+
+        Partial.ModulePart export() {
+            return new Partial.ModulePart(book.name, keyA, keyB, inFeatures, outFeatures, book.rank,
+                    Tensor.of(raw(sumA), book.rank, inFeatures), Tensor.of(raw(sumB), outFeatures, book.rank),
+                    book.ownerWeight.clone(), book.totalWeight, book.clients, book.exponent);
+        }
+
+        void close() {
             if (sumA != null) {
                 sumA.close();
                 sumB.close();
@@ -442,56 +439,64 @@ public final class Round implements AutoCloseable {
     }
 
     /** The running weighted sum of a tensor that is not a LoRA factor. */
-    private final class OtherSums {
+    private final class TensorSums {
         final long[] shape;
-        final Accumulator sums;
-        double totalWeight;
-        int clientCount;
+        final Book book;
+        Accumulator sums;
 
-        OtherSums(long[] shape, int rows, int cols) {
-            this.shape = shape;
-            this.sums = aggregator.kernels.newAccumulator(rows, cols);
+        TensorSums(String key, long[] shape, int rows, int cols) {
+            this.shape = shape.clone();
+            this.book = new Book(key, policy, 0);
+            this.sums = kernels.newAccumulator(rows, cols);
         }
 
-        synchronized void add(Matrix values, double weight) {
-            float w = (float) weight;
-            sums.add(values, w);
-            totalWeight += w;
-            clientCount++;
+        void add(Matrix values, double weight, Book.Contribution c) {
+            sums.add(values, c.weightA());
+            book.record(weight, c);
         }
 
-        void merge(OtherSums other) {
-            OtherSums first = System.identityHashCode(this) <= System.identityHashCode(other) ? this : other;
-            OtherSums second = first == this ? other : this;
-            synchronized (first) {
-                synchronized (second) {
-                    sums.add(other.sums);
-                    totalWeight += other.totalWeight;
-                    clientCount += other.clientCount;
+        Runnable checkpoint(boolean copySums) {
+            Book saved = book.copy();
+            float[] values = copySums ? raw(sums) : null;
+            return () -> {
+                if (values != null) {
+                    Accumulator restored = kernels.newAccumulator(sums.rows(), sums.cols());
+                    restored.add(Matrix.of(values, sums.rows(), sums.cols()), 1f);
+                    sums.close();
+                    sums = restored;
                 }
-            }
+                book.totalWeight = saved.totalWeight;
+                book.clients = saved.clients;
+                book.exponent = saved.exponent;
+            };
         }
 
-        synchronized void finish(String key, int roundClients, Map<String, Tensor> out) {
-            aggregator.checkPresence(key, clientCount, roundClients);
-            if (!(totalWeight > 0)) {
-                throw new IllegalStateException("tensor '" + key + "': the clients' total weight is " + totalWeight);
+        void merge(TensorSums theirs, float factor, boolean sameBackend) {
+            if (factor == 1f && sameBackend) {
+                sums.add(theirs.sums);
+            } else {
+                sums.add(Matrix.of(raw(theirs.sums), sums.rows(), sums.cols()), factor);
             }
+            book.merge(theirs.book, factor);
+        }
+
+        void merge(Partial.TensorPart p, Matrix rows, float factor) {
+            sums.add(rows, factor);
+            book.merge(new double[0], p.totalWeight(), p.clients(), p.exponent(), factor);
+        }
+
+        void finish(Map<String, Tensor> out) {
             float[] rowScale = new float[sums.rows()];
-            Arrays.fill(rowScale, (float) (1.0 / totalWeight));
-            float[] values = new float[Math.multiplyExact(sums.rows(), sums.cols())];
-            sums.finish(values, rowScale, null);
-            out.put(key, Tensor.of(values, shape));
+            java.util.Arrays.fill(rowScale, book.inverseTotal());
+            out.put(book.name, Tensor.of(checkedFinish(sums, rowScale, null, book.name, "the tensor"), shape));
         }
 
-        synchronized void exportTo(String key, Map<String, Tensor> out) {
-            float[] values = new float[Math.multiplyExact(sums.rows(), sums.cols())];
-            sums.finish(values, null, null);
-            out.put(key, Tensor.of(values, shape));
-            out.put(key + COUNTS, counts(totalWeight, clientCount));
+        Partial.TensorPart export() {
+            return new Partial.TensorPart(book.name, shape, Tensor.of(raw(sums), shape), book.totalWeight, book.clients,
+                    book.exponent);
         }
 
-        synchronized void close() {
+        void close() {
             sums.close();
         }
     }

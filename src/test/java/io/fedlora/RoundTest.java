@@ -223,11 +223,22 @@ class RoundTest {
         partial.remove("one.lora_B.weight");
         List<ClientUpdate> clients = List.of(full, ClientUpdate.of("partial", 3, partial));
         try (Aggregator strict = Aggregator.builder().strategy(Strategy.ZERO).backend("scalar").build()) {
-            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> strict.aggregate(clients));
-            assertTrue(e.getMessage().contains("module 'one' is in 1 of 2 clients"), e.getMessage());
+            InvalidUpdateException e = assertThrows(InvalidUpdateException.class, () -> strict.aggregate(clients));
+            assertEquals("partial", e.clientId());
+            assertTrue(e.getMessage().contains("has no 'one', which client 'full' has"), e.getMessage());
             try (Round round = strict.newRound()) {
-                clients.forEach(round::add);
-                assertThrows(IllegalArgumentException.class, round::finish);
+                // The round refuses the client in add itself, and finishes on the others.
+                round.add(full);
+                e = assertThrows(InvalidUpdateException.class, () -> round.add(clients.get(1)));
+                assertEquals("one", e.module());
+                assertEquals(1, round.clientCount());
+                assertSame(strict.aggregate(List.of(full)), round.finish(), 0);
+                // A client bringing a module the round has not seen is refused too.
+                try (Round other = strict.newRound()) {
+                    other.add(clients.get(1));
+                    e = assertThrows(InvalidUpdateException.class, () -> other.add(full));
+                    assertTrue(e.getMessage().contains("has 'one', which client 'partial' has not"), e.getMessage());
+                }
             }
         }
         try (Aggregator lenient = Aggregator.builder().strategy(Strategy.ZERO).allowMissing(true).backend("scalar").build()) {
@@ -260,7 +271,9 @@ class RoundTest {
                 Round remote = there.newRound()) {
             clients.subList(0, 2).forEach(local::add);
             clients.subList(2, 5).forEach(remote::add);
-            Map<String, Tensor> partial = remote.toPartial();
+            Partial exported = remote.toPartial();
+            // Through what a safetensors file holds, as another server would receive it.
+            Partial partial = Partial.of(exported.tensors(), exported.metadata());
             try (Round received = here.roundFromPartial(partial)) {
                 assertEquals(3, received.clientCount());
                 local.merge(received);
@@ -274,8 +287,8 @@ class RoundTest {
                 Round r = a.newRound()) {
             r.add(clients.get(0));
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> b.roundFromPartial(r.toPartial()));
-            assertTrue(e.getMessage().contains("summed for " + strategy), e.getMessage());
-            assertThrows(IllegalArgumentException.class, () -> b.roundFromPartial(clients.get(0).tensors()));
+            assertTrue(e.getMessage().contains("summed under " + r.policy()), e.getMessage());
+            assertThrows(IllegalArgumentException.class, () -> Partial.of(clients.get(0).tensors(), Map.of()));
         }
     }
 

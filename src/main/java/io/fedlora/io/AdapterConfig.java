@@ -245,8 +245,7 @@ public final class AdapterConfig {
      * safetensors prefix), from which the {@code base_model.model.} prefix is stripped.
      */
     public LoraScale scale() {
-        return (module, rank) -> alphaFor(PeftAdapter.baseModelName(module))
-                / (useRslora ? Math.sqrt(rank) : rank);
+        return new LoraScale(loraAlpha, useRslora, alphaPattern);
     }
 
     /**

@@ -1,6 +1,8 @@
 package io.fedlora.io;
 
+import io.fedlora.Aggregator;
 import io.fedlora.ClientUpdate;
+import io.fedlora.PeftKeys;
 import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Tensor;
 import java.io.IOException;
@@ -34,10 +36,7 @@ public final class PeftAdapter implements AutoCloseable {
     public static final String CONFIG = "adapter_config.json";
 
     /** The prefix PeftModel puts before the base model's module names in saved keys. */
-    static final String PEFT_PREFIX = "base_model.model.";
 
-    private static final List<String> A_SUFFIXES = List.of(".lora_A.weight", ".lora_embedding_A", ".lora_embedding_A.weight");
-    private static final List<String> B_SUFFIXES = List.of(".lora_B.weight", ".lora_embedding_B", ".lora_embedding_B.weight");
 
     private final Path source;
     private final Safetensors weights;
@@ -115,7 +114,7 @@ public final class PeftAdapter implements AutoCloseable {
 
     /** A client update over this adapter's tensors, with PEFT's scale when the config is known. */
     public ClientUpdate toUpdate(String clientId, double weight) {
-        ClientUpdate update = ClientUpdate.of(clientId, weight, tensors());
+        ClientUpdate update = ClientUpdate.of(clientId, weight, tensors()).withSource(source.toString());
         return config == null ? update : update.withScale(config.scale());
     }
 
@@ -132,19 +131,13 @@ public final class PeftAdapter implements AutoCloseable {
 
     /** The module name in the base model for a key or module prefix: without {@code base_model.model.}. */
     public static String baseModelName(String key) {
-        return key.startsWith(PEFT_PREFIX) ? key.substring(PEFT_PREFIX.length()) : key;
+        return PeftKeys.baseModelName(key);
     }
 
     /** The module prefix of a LoRA factor key, or null if {@code key} is not a LoRA factor. */
     public static String modulePrefix(String key) {
-        for (List<String> suffixes : List.of(A_SUFFIXES, B_SUFFIXES)) {
-            for (String suffix : suffixes) {
-                if (key.endsWith(suffix)) {
-                    return key.substring(0, key.length() - suffix.length());
-                }
-            }
-        }
-        return null;
+        PeftKeys.Key parsed = PeftKeys.parse(key);
+        return parsed == null ? null : parsed.module();
     }
 
     /**
@@ -154,15 +147,15 @@ public final class PeftAdapter implements AutoCloseable {
     public static Map<String, Integer> moduleRanks(Map<String, Tensor> tensors) {
         Map<String, Integer> ranks = new LinkedHashMap<>();
         tensors.forEach((key, t) -> {
-            for (String suffix : A_SUFFIXES) {
-                if (key.endsWith(suffix) && t.rank() == 2) {
-                    ranks.put(baseModelName(key.substring(0, key.length() - suffix.length())), (int) t.dim(0));
-                }
+            PeftKeys.Key parsed = PeftKeys.parse(key);
+            if (parsed == null || t.rank() != 2) {
+                return;
             }
-            for (String suffix : B_SUFFIXES) {
-                if (key.endsWith(suffix) && t.rank() == 2) {
-                    ranks.putIfAbsent(baseModelName(key.substring(0, key.length() - suffix.length())), (int) t.dim(1));
-                }
+            String module = baseModelName(parsed.module());
+            if (parsed.factor() == Aggregator.Factor.A) {
+                ranks.put(module, (int) t.dim(0));
+            } else {
+                ranks.putIfAbsent(module, (int) t.dim(1));
             }
         });
         return ranks;

@@ -5,9 +5,6 @@ import java.lang.reflect.InvocationTargetException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
-import org.slf4j.Logger;
-import org.slf4j.LoggerFactory;
-import org.slf4j.event.Level;
 
 /**
  * Picks the kernels backend once per JVM, in the order CUDA, Vector, Scalar (DESIGN §3). The
@@ -18,8 +15,6 @@ import org.slf4j.event.Level;
  * ({@code cuda|vector|scalar|auto}) that cannot run is an error, never a silent fallback.
  */
 public final class Backends {
-    private static final Logger LOG = LoggerFactory.getLogger(Backends.class);
-
     public static final String PROPERTY = "fedlora.backend";
     public static final String ENVIRONMENT = "FEDLORA_BACKEND";
     public static final String THREADS_PROPERTY = "fedlora.threads";
@@ -38,26 +33,44 @@ public final class Backends {
     public record Probe(String name, boolean available, String detail) {
     }
 
+    /**
+     * What the process-wide backend is and why: the chosen backend and its facts, the backends
+     * {@code auto} skipped with the reason for each, and a warning when the choice is below the
+     * best this machine could run (null otherwise), so that a server can log or assert it.
+     */
+    public record Report(String chosen, String description, List<Probe> skipped, String warning) {
+        public Report {
+            skipped = List.copyOf(skipped);
+        }
+    }
+
     private static final class Holder {
         static final Kernels DEFAULT;
+        static final Report REPORT;
         /** Why the configured backend cannot run; remembered so every call reports it, not a class-init error. */
         static final RuntimeException FAILURE;
 
         static {
             Kernels kernels = null;
+            Report report = null;
             RuntimeException failure = null;
             try {
-                kernels = create(configuredName(), defaultThreads(), Level.INFO);
+                List<Probe> skipped = new ArrayList<>();
+                kernels = create(configuredName(), defaultThreads(), skipped);
+                String warning = degradation(kernels, skipped);
+                report = new Report(kernels.name(), kernels.description(), skipped, warning);
+                Log.chosen(report);
             } catch (RuntimeException e) {
                 failure = e;
             }
             DEFAULT = kernels;
+            REPORT = report;
             FAILURE = failure;
         }
     }
 
     /**
-     * The process-wide backend, chosen on first use and logged once. Never close it.
+     * The process-wide backend, chosen on first use and reported once (see {@link #report()}). Never close it.
      *
      * @throws IllegalStateException if the configured backend cannot run here
      */
@@ -66,6 +79,12 @@ public final class Backends {
             throw new IllegalStateException(Holder.FAILURE.getMessage(), Holder.FAILURE);
         }
         return Holder.DEFAULT;
+    }
+
+    /** How the process-wide backend was chosen. */
+    public static Report report() {
+        get();
+        return Holder.REPORT;
     }
 
     /** The backend name asked for by {@code fedlora.backend}, else {@code FEDLORA_BACKEND}, else "auto". */
@@ -96,29 +115,21 @@ public final class Backends {
 
     /**
      * A new backend instance (the caller closes it). {@code auto} takes the first of cuda, vector,
-     * scalar that can run and logs why any earlier one was skipped; a named backend that cannot
-     * run throws {@link IllegalStateException} with the reason.
+     * scalar that can run; a named backend that cannot run throws {@link IllegalStateException}
+     * with the reason.
      */
     public static Kernels create(String name, int threads) {
-        return create(name, threads, Level.DEBUG);
+        return create(name, threads, new ArrayList<>());
     }
 
-    /** The process backend is logged at INFO, once; backends made for single aggregators at DEBUG. */
-    private static Kernels create(String name, int threads, Level level) {
+    private static Kernels create(String name, int threads, List<Probe> skipped) {
         String wanted = name == null ? "auto" : name.trim().toLowerCase(Locale.ROOT);
         if (wanted.equals("auto")) {
-            List<String> skipped = new ArrayList<>();
             for (String candidate : NAMES) {
                 try {
-                    Kernels kernels = instantiate(candidate, threads);
-                    // No GPU is normal; a JVM without the Vector module is worth a warning that says what to do.
-                    boolean vectorMissing = skipped.stream().anyMatch(reason -> reason.startsWith("vector"));
-                    LOG.atLevel(vectorMissing && level == Level.INFO ? Level.WARN : level)
-                            .log("fedlora backend: {} ({}){}", kernels.name(), kernels.description(),
-                            skipped.isEmpty() ? "" : "; skipped " + String.join("; ", skipped));
-                    return kernels;
+                    return instantiate(candidate, threads);
                 } catch (UnsupportedOperationException e) {
-                    skipped.add(candidate + ": " + e.getMessage());
+                    skipped.add(new Probe(candidate, false, e.getMessage()));
                 }
             }
             throw new AssertionError("the scalar backend always runs");
@@ -127,13 +138,32 @@ public final class Backends {
             throw new IllegalArgumentException("unknown backend '" + name + "'; expected auto, " + String.join(", ", NAMES));
         }
         try {
-            Kernels kernels = instantiate(wanted, threads);
-            LOG.atLevel(level).log("fedlora backend: {} ({}), as requested", kernels.name(), kernels.description());
-            return kernels;
+            return instantiate(wanted, threads);
         } catch (UnsupportedOperationException e) {
             throw new IllegalStateException("backend '" + wanted + "' was requested but cannot run here: " + e.getMessage(), e);
         }
     }
+
+    /**
+     * Why {@code chosen} is below what this machine could run, or null: the Vector API left out
+     * of the module graph (the scalar loops are several times slower), or JCuda present without
+     * a usable CUDA driver. No GPU and no JCuda is the normal CPU case and says nothing.
+     */
+    static String degradation(Kernels chosen, List<Probe> skipped) {
+        for (Probe p : skipped) {
+            if (p.name().equals("vector") && chosen.name().equals("scalar")) {
+                return "fedlora runs the scalar backend: " + p.detail();
+            }
+        }
+        for (Probe p : skipped) {
+            if (p.name().equals("cuda") && !p.detail().startsWith(NO_JCUDA)) {
+                return "fedlora runs the " + chosen.name() + " backend, not cuda: " + p.detail();
+            }
+        }
+        return null;
+    }
+
+    static final String NO_JCUDA = "JCuda is not on the class path";
 
     /** Probes every backend (creating and closing each) for {@code fedlora info}. */
     public static List<Probe> probeAll() {
@@ -163,7 +193,7 @@ public final class Backends {
                 try {
                     Class.forName("jcuda.driver.JCudaDriver", false, Backends.class.getClassLoader());
                 } catch (ClassNotFoundException e) {
-                    throw new UnsupportedOperationException("JCuda is not on the class path (org.jcuda:jcuda 12.0.0)");
+                    throw new UnsupportedOperationException(NO_JCUDA + " (org.jcuda:jcuda 12.0.0)");
                 }
                 yield load(CUDA_CLASS, threads);
             }

@@ -1,0 +1,340 @@
+package io.fedlora;
+
+import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Tensor;
+import java.io.IOException;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * A partial aggregate (DESIGN §2, §10): what a round holds, as an immutable value that can leave
+ * the JVM. Per module the raw weighted sums of A and B (float32), the owner weight of each
+ * component and the total weight (double, exact), the client count and the power of two the
+ * weights are measured in; the same for each tensor that is not a LoRA factor; the round's client
+ * count; and the {@link Policy} it was summed under. Partials form a monoid: merging adds
+ * everything, and {@code finish} divides once. Its size is one global adapter, whatever the
+ * client count.
+ *
+ * <p>{@link #tensors()} and {@link #metadata()} are what a safetensors file holds (the sums under
+ * their PEFT keys; the bookkeeping as JSON in the header's {@code __metadata__}), and
+ * {@link #of} reads them back, refusing a malformed partial whole.
+ */
+public final class Partial {
+
+    /** The metadata key holding the bookkeeping. */
+    public static final String METADATA_KEY = "fedlora.partial";
+    static final long FORMAT = 2;
+
+    /** One module's raw sums and bookkeeping. */
+    record ModulePart(String module, String keyA, String keyB, int inFeatures, int outFeatures, int rank,
+            Tensor sumA, Tensor sumB, double[] ownerWeight, double totalWeight, long clients, int exponent) {
+    }
+
+    /** The raw sums and bookkeeping of a tensor that is not a LoRA factor. */
+    record TensorPart(String key, long[] shape, Tensor sums, double totalWeight, long clients, int exponent) {
+    }
+
+    private final Policy policy;
+    private final long clientCount;
+    final Map<String, ModulePart> modules;
+    final Map<String, TensorPart> others;
+    /** The output keys in the order the round first saw them. */
+    final List<String> keyOrder;
+
+    Partial(Policy policy, long clientCount, Map<String, ModulePart> modules, Map<String, TensorPart> others,
+            List<String> keyOrder) {
+        this.policy = policy;
+        this.clientCount = clientCount;
+        this.modules = Collections.unmodifiableMap(new LinkedHashMap<>(modules));
+        this.others = Collections.unmodifiableMap(new LinkedHashMap<>(others));
+        this.keyOrder = List.copyOf(keyOrder);
+    }
+
+    public Policy policy() {
+        return policy;
+    }
+
+    /** Clients summed into this partial, merged rounds' clients included. */
+    public long clientCount() {
+        return clientCount;
+    }
+
+    /** The raw sums under their PEFT keys, float32, in the order the round first saw them. */
+    public Map<String, Tensor> tensors() {
+        Map<String, Tensor> out = new LinkedHashMap<>();
+        for (ModulePart m : modules.values()) {
+            out.put(m.keyA(), m.sumA());
+            out.put(m.keyB(), m.sumB());
+        }
+        for (TensorPart t : others.values()) {
+            out.put(t.key(), t.sums());
+        }
+        return Aggregator.orderLike(out, keyOrder);
+    }
+
+    /** The bookkeeping as one JSON document under {@link #METADATA_KEY}. */
+    public Map<String, String> metadata() {
+        Map<String, Object> doc = new LinkedHashMap<>();
+        doc.put("format", FORMAT);
+        doc.put("policy", policyJson(policy));
+        doc.put("clients", clientCount);
+        List<Object> moduleList = new ArrayList<>();
+        for (ModulePart m : modules.values()) {
+            Map<String, Object> j = new LinkedHashMap<>();
+            j.put("module", m.module());
+            j.put("keyA", m.keyA());
+            j.put("keyB", m.keyB());
+            j.put("inFeatures", (long) m.inFeatures());
+            j.put("outFeatures", (long) m.outFeatures());
+            j.put("rank", (long) m.rank());
+            j.put("ownerWeight", m.ownerWeight());
+            j.put("totalWeight", m.totalWeight());
+            j.put("clients", m.clients());
+            j.put("exponent", (long) m.exponent());
+            moduleList.add(j);
+        }
+        doc.put("modules", moduleList);
+        List<Object> tensorList = new ArrayList<>();
+        for (TensorPart t : others.values()) {
+            Map<String, Object> j = new LinkedHashMap<>();
+            j.put("key", t.key());
+            j.put("shape", t.shape());
+            j.put("totalWeight", t.totalWeight());
+            j.put("clients", t.clients());
+            j.put("exponent", (long) t.exponent());
+            tensorList.add(j);
+        }
+        doc.put("tensors", tensorList);
+        doc.put("keyOrder", new ArrayList<Object>(keyOrder));
+        return Map.of(METADATA_KEY, Json.write(doc, false));
+    }
+
+    /**
+     * Reads a partial back from {@link #tensors()} and {@link #metadata()} (as a safetensors file
+     * gives them), refusing it whole, with a one-line reason, when anything is malformed: no or
+     * unknown bookkeeping, a tensor missing, extra or of the wrong shape or dtype, sums that are
+     * not finite, owner or total weights that are negative or not finite, negative counts.
+     */
+    public static Partial of(Map<String, Tensor> tensors, Map<String, String> metadata) {
+        String text = metadata == null ? null : metadata.get(METADATA_KEY);
+        if (text == null) {
+            throw bad("no '" + METADATA_KEY + "' metadata (not a fedlora partial)");
+        }
+        Map<String, Object> doc;
+        try {
+            doc = object(Json.parse(text), METADATA_KEY);
+        } catch (IOException e) {
+            throw bad("its metadata is not JSON: " + e.getMessage().lines().findFirst().orElse(""));
+        }
+        if (!Long.valueOf(FORMAT).equals(doc.get("format"))) {
+            throw bad("format " + doc.get("format") + " is not " + FORMAT);
+        }
+        Policy policy = policyOf(object(doc.get("policy"), "policy"));
+        long clients = count(doc.get("clients"), "clients");
+        Map<String, ModulePart> modules = new LinkedHashMap<>();
+        java.util.Set<String> used = new java.util.HashSet<>();
+        for (Object o : list(doc.get("modules"), "modules")) {
+            Map<String, Object> j = object(o, "module");
+            String module = string(j.get("module"), "module name");
+            String keyA = string(j.get("keyA"), "keyA of '" + module + "'");
+            String keyB = string(j.get("keyB"), "keyB of '" + module + "'");
+            int in = positiveInt(j.get("inFeatures"), module), out = positiveInt(j.get("outFeatures"), module);
+            int rank = positiveInt(j.get("rank"), module);
+            if (policy.globalRank() > 0 && rank != policy.globalRank()) {
+                throw bad("module '" + module + "' has rank " + rank + " but the policy's global rank is " + policy.globalRank());
+            }
+            Tensor a = sums(tensors, keyA, new long[] {rank, in}), b = sums(tensors, keyB, new long[] {out, rank});
+            double[] owner = weights(j.get("ownerWeight"), module);
+            if (owner.length != rank) {
+                throw bad("module '" + module + "' has " + owner.length + " owner weights for rank " + rank);
+            }
+            double total = weight(j.get("totalWeight"), module);
+            long moduleClients = count(j.get("clients"), "clients of '" + module + "'");
+            if (moduleClients > clients) {
+                throw bad("module '" + module + "' counts " + moduleClients + " clients of the partial's " + clients);
+            }
+            int exponent = exponent(j.get("exponent"), module);
+            if (modules.put(module, new ModulePart(module, keyA, keyB, in, out, rank, a, b, owner, total, moduleClients,
+                    exponent)) != null) {
+                throw bad("module '" + module + "' appears twice");
+            }
+            used.add(keyA);
+            used.add(keyB);
+        }
+        Map<String, TensorPart> others = new LinkedHashMap<>();
+        for (Object o : list(doc.get("tensors"), "tensors")) {
+            Map<String, Object> j = object(o, "tensor");
+            String key = string(j.get("key"), "tensor key");
+            List<Object> dims = list(j.get("shape"), "shape of '" + key + "'");
+            long[] shape = new long[dims.size()];
+            for (int i = 0; i < shape.length; i++) {
+                shape[i] = count(dims.get(i), "shape of '" + key + "'");
+            }
+            Tensor t = sums(tensors, key, shape);
+            long tensorClients = count(j.get("clients"), "clients of '" + key + "'");
+            if (tensorClients > clients) {
+                throw bad("tensor '" + key + "' counts " + tensorClients + " clients of the partial's " + clients);
+            }
+            if (others.put(key, new TensorPart(key, shape, t, weight(j.get("totalWeight"), key), tensorClients,
+                    exponent(j.get("exponent"), key))) != null || !used.add(key)) {
+                throw bad("tensor '" + key + "' appears twice");
+            }
+        }
+        for (String key : tensors.keySet()) {
+            if (!used.contains(key)) {
+                throw bad("tensor '" + key + "' is not in the partial's bookkeeping");
+            }
+        }
+        List<String> order = new ArrayList<>();
+        for (Object o : list(doc.get("keyOrder"), "keyOrder")) {
+            order.add(string(o, "keyOrder entry"));
+        }
+        return new Partial(policy, clients, modules, others, order);
+    }
+
+    private static final ValueLayout.OfFloat FLOAT_LE = ValueLayout.JAVA_FLOAT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+
+    private static Tensor sums(Map<String, Tensor> tensors, String key, long[] shape) {
+        Tensor t = tensors.get(key);
+        if (t == null) {
+            throw bad("tensor '" + key + "' is missing");
+        }
+        if (t.dtype() != DType.F32 || !Arrays.equals(t.shape(), shape)) {
+            throw bad("tensor '" + key + "' is " + t + ", expected F32" + Arrays.toString(shape));
+        }
+        MemorySegment data = t.data();
+        long n = t.elementCount();
+        for (long i = 0; i < n; i++) {
+            if (!Float.isFinite(data.getAtIndex(FLOAT_LE, i))) {
+                throw bad("tensor '" + key + "' holds NaN or infinity");
+            }
+        }
+        return t;
+    }
+
+    static Map<String, Object> policyJson(Policy policy) {
+        Map<String, Object> j = new LinkedHashMap<>();
+        j.put("strategy", policy.strategy().name());
+        j.put("globalRank", (long) policy.globalRank());
+        j.put("allowMissing", policy.allowMissing());
+        LoraScale fold = policy.foldScale();
+        if (fold != null) {
+            Map<String, Object> f = new LinkedHashMap<>();
+            f.put("alpha", fold.alpha());
+            f.put("rsLora", fold.rsLora());
+            f.put("alphaPattern", new LinkedHashMap<String, Object>(fold.alphaPattern()));
+            j.put("foldScale", f);
+        } else {
+            j.put("foldScale", null);
+        }
+        return j;
+    }
+
+    static Policy policyOf(Map<String, Object> j) {
+        Strategy strategy;
+        try {
+            strategy = Strategy.valueOf(string(j.get("strategy"), "policy strategy"));
+        } catch (IllegalArgumentException e) {
+            throw bad("unknown strategy '" + j.get("strategy") + "'");
+        }
+        int rank = (int) Math.min(count(j.get("globalRank"), "globalRank"), Integer.MAX_VALUE);
+        if (!(j.get("allowMissing") instanceof Boolean allow)) {
+            throw bad("policy allowMissing is not a boolean");
+        }
+        LoraScale fold = null;
+        if (j.get("foldScale") != null) {
+            Map<String, Object> f = object(j.get("foldScale"), "foldScale");
+            Map<String, Double> pattern = new LinkedHashMap<>();
+            object(f.get("alphaPattern"), "alphaPattern").forEach((k, v) -> pattern.put(k, number(v, "alpha_pattern")));
+            if (!(f.get("rsLora") instanceof Boolean rs)) {
+                throw bad("foldScale rsLora is not a boolean");
+            }
+            try {
+                fold = new LoraScale(number(f.get("alpha"), "alpha"), rs, pattern);
+            } catch (IllegalArgumentException e) {
+                throw bad(e.getMessage());
+            }
+        }
+        return new Policy(strategy, rank, allow, fold);
+    }
+
+    private static IllegalArgumentException bad(String why) {
+        return new IllegalArgumentException("malformed fedlora partial: " + why);
+    }
+
+    @SuppressWarnings("unchecked")
+    private static Map<String, Object> object(Object o, String what) {
+        if (o instanceof Map<?, ?> map) {
+            return (Map<String, Object>) map;
+        }
+        throw bad(what + " is not a JSON object");
+    }
+
+    @SuppressWarnings("unchecked")
+    private static List<Object> list(Object o, String what) {
+        if (o instanceof List<?> l) {
+            return (List<Object>) l;
+        }
+        throw bad(what + " is not a JSON array");
+    }
+
+    private static String string(Object o, String what) {
+        if (o instanceof String s) {
+            return s;
+        }
+        throw bad(what + " is not a string");
+    }
+
+    private static long count(Object o, String what) {
+        if (o instanceof Long l && l >= 0) {
+            return l;
+        }
+        throw bad(what + " is " + o + ", not a count");
+    }
+
+    private static int positiveInt(Object o, String module) {
+        long v = count(o, "a dimension of '" + module + "'");
+        if (v < 1 || v > Integer.MAX_VALUE - 8) {
+            throw bad("module '" + module + "' has a dimension of " + v);
+        }
+        return (int) v;
+    }
+
+    private static int exponent(Object o, String name) {
+        if (o instanceof Long l && l >= Double.MIN_EXPONENT && l <= Double.MAX_EXPONENT) {
+            return (int) (long) l;
+        }
+        throw bad("the weight exponent of '" + name + "' is " + o);
+    }
+
+    private static double number(Object o, String what) {
+        if (o instanceof Number n) {
+            return n.doubleValue();
+        }
+        throw bad(what + " is not a number");
+    }
+
+    private static double weight(Object o, String name) {
+        double w = number(o, "a weight of '" + name + "'");
+        if (!(w >= 0) || !Double.isFinite(w)) {
+            throw bad("'" + name + "' has weight " + w + " (negative or not finite)");
+        }
+        return w;
+    }
+
+    private static double[] weights(Object o, String name) {
+        List<Object> l = list(o, "owner weights of '" + name + "'");
+        double[] out = new double[l.size()];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = weight(l.get(i), name);
+        }
+        return out;
+    }
+}
