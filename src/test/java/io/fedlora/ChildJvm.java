@@ -28,8 +28,14 @@ public final class ChildJvm {
      */
     public static Result run(Class<?> main, List<String> jvmArgs, Map<String, String> environment, String... args)
             throws IOException, InterruptedException {
+        return run(main, System.getProperty("java.class.path"), jvmArgs, environment, args);
+    }
+
+    /** As above, on {@code classPath} instead of this JVM's. */
+    public static Result run(Class<?> main, String classPath, List<String> jvmArgs, Map<String, String> environment,
+            String... args) throws IOException, InterruptedException {
         String java = ProcessHandle.current().info().command().orElseThrow();
-        List<String> command = new ArrayList<>(List.of(java, "-cp", System.getProperty("java.class.path")));
+        List<String> command = new ArrayList<>(List.of(java, "-cp", classPath));
         command.addAll(jvmArgs);
         command.add(main.getName());
         command.addAll(List.of(args));

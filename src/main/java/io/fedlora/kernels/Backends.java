@@ -1,6 +1,5 @@
 package io.fedlora.kernels;
 
-import io.fedlora.kernels.cpu.ScalarKernels;
 import java.lang.reflect.InvocationTargetException;
 import java.util.ArrayList;
 import java.util.List;
@@ -20,6 +19,8 @@ public final class Backends {
     public static final String THREADS_PROPERTY = "fedlora.threads";
 
     static final String CUDA_CLASS = "io.fedlora.kernels.cuda.CudaKernels";
+    // Every backend is loaded by name, so that the SPI package does not depend on its implementations.
+    static final String SCALAR_CLASS = "io.fedlora.kernels.cpu.ScalarKernels";
     static final String VECTOR_CLASS = "io.fedlora.kernels.cpu.VectorKernels";
     static final String VECTOR_MODULE = "jdk.incubator.vector";
 
@@ -181,7 +182,7 @@ public final class Backends {
     /** Creates one backend or throws UnsupportedOperationException(reason). */
     static Kernels instantiate(String name, int threads) {
         return switch (name) {
-            case "scalar" -> new ScalarKernels(threads);
+            case "scalar" -> load(SCALAR_CLASS, threads);
             case "vector" -> {
                 if (ModuleLayer.boot().findModule(VECTOR_MODULE).isEmpty()) {
                     throw new UnsupportedOperationException(VECTOR_MODULE

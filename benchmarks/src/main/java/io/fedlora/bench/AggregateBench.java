@@ -5,6 +5,7 @@ import io.fedlora.ClientUpdate;
 import io.fedlora.Round;
 import io.fedlora.Strategy;
 import io.fedlora.tensor.Tensor;
+import io.fedlora.kernels.Backends;
 import io.fedlora.kernels.Kernels;
 import io.fedlora.tensor.Matrix;
 import java.util.Arrays;
@@ -57,12 +58,14 @@ public class AggregateBench {
     public String mix;
 
     private Aggregator aggregator;
+    private Kernels kernels;
     private List<ClientUpdate> updates;
     private List<Workload.Module> modules;
 
     @Setup(Level.Trial)
     public void setUp() {
-        aggregator = Aggregator.builder().strategy(Strategy.parse(strategy)).backend(backend).build();
+        kernels = Backends.create(backend, Backends.defaultThreads());
+        aggregator = Aggregator.builder().strategy(Strategy.parse(strategy)).kernels(kernels).build();
         if (!aggregator.backendName().equals(backend)) {
             throw new IllegalStateException("asked for backend " + backend + ", got " + aggregator.backendName());
         }
@@ -77,6 +80,7 @@ public class AggregateBench {
     @TearDown(Level.Trial)
     public void tearDown() {
         aggregator.close();
+        kernels.close();
     }
 
     @Benchmark
@@ -113,7 +117,6 @@ public class AggregateBench {
      * from forming B_k A_k, so that only the padding differs.
      */
     private void padThenAverage(Workload.Module m, Map<String, Tensor> out) {
-        Kernels kernels = aggregator.kernels();
         int k = updates.size();
         Tensor[] a = new Tensor[k], b = new Tensor[k];
         int globalRank = 0;

@@ -1,0 +1,26 @@
+/**
+ * fedlora: server-side aggregation of rank-heterogeneous federated LoRA adapters.
+ *
+ * <p>Exported: the facade ({@code io.fedlora}: Aggregator, Round, Partial, Policy, ClientUpdate),
+ * the data model ({@code io.fedlora.tensor}), PEFT and safetensors files ({@code io.fedlora.io})
+ * and the kernels SPI with the backend lookup ({@code io.fedlora.kernels}). The backends
+ * themselves ({@code kernels.cpu}, {@code kernels.cuda}) and the command line stay inside; the
+ * Vector API, JCuda and picocli are optional ({@code requires static}), loaded only when present.
+ */
+module io.fedlora {
+    requires org.slf4j;
+    requires com.fasterxml.jackson.core;
+    requires static jdk.incubator.vector;
+    requires static jcuda;
+    requires static jcublas;
+    requires static info.picocli;
+
+    exports io.fedlora;
+    exports io.fedlora.tensor;
+    exports io.fedlora.io;
+    exports io.fedlora.kernels;
+
+    opens io.fedlora.cli to info.picocli;
+
+    uses org.slf4j.spi.SLF4JServiceProvider;
+}
