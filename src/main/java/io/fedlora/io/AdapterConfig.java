@@ -10,6 +10,10 @@ import io.fedlora.LoraScale;
 import java.io.IOException;
 import java.io.StringWriter;
 import java.math.BigInteger;
+import java.nio.ByteBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
@@ -78,9 +82,31 @@ public final class AdapterConfig {
 
     /** Reads and checks a config file. */
     public static AdapterConfig read(Path file) throws InvalidFileException {
-        String source = file.toString();
+        byte[] bytes;
+        try {
+            bytes = Files.readAllBytes(file);
+        } catch (NoSuchFileException e) {
+            throw new InvalidFileException(file.toString(), "no such file", e);
+        } catch (IOException e) {
+            throw new InvalidFileException(file.toString(), "cannot read: " + e.getMessage(), e);
+        }
+        return parse(bytes, file.toString());
+    }
+
+    /**
+     * Checks a config held in memory (fetched from a remote store, say): {@code bytes} are those
+     * of an {@code adapter_config.json}, strict UTF-8; {@code source} names it in error messages.
+     */
+    public static AdapterConfig parse(byte[] bytes, String source) throws InvalidFileException {
+        String text;
+        try {
+            text = StandardCharsets.UTF_8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT).decode(ByteBuffer.wrap(bytes)).toString();
+        } catch (CharacterCodingException e) {
+            throw new InvalidFileException(source, "is not UTF-8 text", e);
+        }
         Object value;
-        try (JsonParser p = JSON.createParser(Files.readString(file))) {
+        try (JsonParser p = JSON.createParser(text)) {
             value = readValue(p, p.nextToken());
             if (p.nextToken() != null) {
                 throw new InvalidFileException(source, "invalid JSON: data after the closing '}'");
@@ -88,8 +114,6 @@ public final class AdapterConfig {
         } catch (JacksonException e) {
             String first = e.getOriginalMessage() == null ? "" : e.getOriginalMessage().lines().findFirst().orElse("");
             throw new InvalidFileException(source, "invalid JSON: " + first, e);
-        } catch (NoSuchFileException e) {
-            throw new InvalidFileException(source, "no such file", e);
         } catch (InvalidFileException e) {
             throw e;
         } catch (IOException e) {
