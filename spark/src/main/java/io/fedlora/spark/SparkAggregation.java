@@ -94,7 +94,8 @@ public final class SparkAggregation {
      * What the tasks need: the policy every task's aggregator is built with (equal policies, so
      * their partials merge), the executors' backend, and the base client's tensors to check clients against.
      */
-    record Spec(Policy policy, String backend, int threads, Schema schema) implements Serializable {
+    record Spec(Policy policy, String backend, int threads, Schema schema, Map<String, String> hadoopSettings)
+            implements Serializable {
 
         Aggregator newAggregator() {
             return Aggregator.builder().policy(policy).backend(backend).threads(threads).build();
@@ -123,8 +124,12 @@ public final class SparkAggregation {
      */
     public static Result run(JavaSparkContext spark, Manifest manifest, Options options, Path output) throws IOException {
         long start = System.nanoTime();
-        Base base = base(manifest, options);
-        Spec spec = new Spec(base.policy, options.backend(), options.threads(), base.schema);
+        Map<String, String> hadoopSettings = new LinkedHashMap<>();
+        for (scala.Tuple2<String, String> setting : spark.getConf().getAllWithPrefix("spark.hadoop.")) {
+            hadoopSettings.put(setting._1(), setting._2());
+        }
+        Base base = base(manifest, options, new ClientFiles(hadoopSettings));
+        Spec spec = new Spec(base.policy, options.backend(), options.threads(), base.schema, hadoopSettings);
         List<Manifest.Entry> clients = manifest.clients();
         int partitions = options.partitions() > 0 ? options.partitions() : 2 * spark.defaultParallelism();
         partitions = Math.max(1, Math.min(partitions, clients.size()));
@@ -164,9 +169,9 @@ public final class SparkAggregation {
      * schema, its config and metadata the output's and, with {@code fold}, its LoRA scale the
      * global one, as the first client's are for {@code fedlora aggregate}.
      */
-    private static Base base(Manifest manifest, Options options) {
+    private static Base base(Manifest manifest, Options options, ClientFiles files) {
         for (Manifest.Entry entry : manifest.clients()) {
-            try (PeftAdapter adapter = ClientFiles.open(entry.location())) {
+            try (PeftAdapter adapter = files.open(entry.location())) {
                 if (options.fold() && adapter.config() == null) {
                     continue; // its task reports it: folding needs lora_alpha
                 }
@@ -192,11 +197,12 @@ public final class SparkAggregation {
         List<BadClient> bad = new ArrayList<>();
         long clients = 0, bytes = 0, readNanos = 0, addNanos = 0, encodeNanos = 0;
         byte[] partial = null;
+        ClientFiles files = new ClientFiles(spec.hadoopSettings());
         try (Aggregator aggregator = spec.newAggregator(); Round round = aggregator.newRound()) {
             while (entries.hasNext()) {
                 Manifest.Entry entry = entries.next();
                 long t0 = System.nanoTime();
-                try (PeftAdapter adapter = ClientFiles.open(entry.location())) {
+                try (PeftAdapter adapter = files.open(entry.location())) {
                     String problem = fold && adapter.config() == null
                             ? "--scale fold needs lora_alpha, but there is no " + PeftAdapter.CONFIG + " for this adapter"
                             : spec.schema().problem(adapter.tensors(), allowMissing);

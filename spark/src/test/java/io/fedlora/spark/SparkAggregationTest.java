@@ -22,6 +22,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Set;
 import java.util.SplittableRandom;
 import java.util.TreeMap;
 import java.util.stream.Collectors;
@@ -60,7 +61,8 @@ class SparkAggregationTest {
         clients = GenerateClients.write(dir.resolve("clients"), CLIENTS, HIDDEN, LAYERS, 7);
         manifest = Manifest.read(dir.resolve("clients").resolve(GenerateClients.MANIFEST));
         Files.createDirectories(Path.of(System.getenv("SPARK_HOME"), "jars"));
-        SparkConf conf = new SparkConf().setAppName("fedlora-spark test").set("spark.task.maxFailures", "4");
+        SparkConf conf = new SparkConf().setAppName("fedlora-spark test").set("spark.task.maxFailures", "4")
+                .set("spark.hadoop.fs." + LocalTestFileSystem.SCHEME + ".impl", LocalTestFileSystem.class.getName());
         Main.configure(conf, "local-cluster[2,1,768]");
         spark = new JavaSparkContext(conf);
         spark.setLogLevel("WARN");
@@ -124,6 +126,37 @@ class SparkAggregationTest {
         assertEquals(CLIENTS, result.clients());
         assertEquals(result.partitions(), result.totals().tasks());
         assertSameAdapter(singleProcess("zero", clients, dir.resolve("single-retried"), "--scale", "fold"), out);
+    }
+
+    /** Clients given as URIs: {@code file:} (mapped) and another scheme (read through Hadoop into memory). */
+    @Test
+    void clientsReadThroughHadoopFileSystemsEqualTheSameOnDisk() throws IOException {
+        List<String> lines = new ArrayList<>();
+        for (int k = 0; k < clients.size(); k++) {
+            GenerateClients.Client c = clients.get(k);
+            String location = switch (k % 3) {
+                case 0 -> LocalTestFileSystem.SCHEME + "://" + c.dir().toAbsolutePath();
+                case 1 -> c.dir().toAbsolutePath().toUri().toString();
+                default -> c.dir().toString();
+            };
+            lines.add(c.id() + "," + location + "," + (long) c.weight());
+        }
+        Path remoteFile = clients.get(0).dir().resolve(PeftAdapter.WEIGHTS).toAbsolutePath();
+        lines.add("remote-missing," + LocalTestFileSystem.SCHEME + "://" + dir.resolve("nowhere").toAbsolutePath() + ",1");
+        lines.add("remote-file," + LocalTestFileSystem.SCHEME + "://" + remoteFile + ",1");
+        Path manifestFile = dir.resolve("uris.csv");
+        Files.write(manifestFile, lines, StandardCharsets.UTF_8);
+
+        Path out = dir.resolve("spark-uris");
+        SparkAggregation.Result result = SparkAggregation.run(spark, Manifest.read(manifestFile),
+                SparkAggregation.Options.of(Policy.of(Strategy.NORM)).withFold(true), out);
+        assertEquals(CLIENTS, result.clients());
+        Map<String, String> reasons = new TreeMap<>();
+        result.bad().forEach(b -> reasons.put(b.clientId(), b.reason()));
+        assertEquals(Set.of("remote-file", "remote-missing"), reasons.keySet());
+        assertTrue(reasons.get("remote-missing").contains("no such file or directory"), reasons.toString());
+        assertTrue(reasons.get("remote-file").contains("must be a PEFT directory"), reasons.toString());
+        assertSameAdapter(singleProcess("norm", clients, dir.resolve("single-uris"), "--scale", "fold"), out);
     }
 
     @Test
