@@ -253,12 +253,17 @@ public final class SparkAggregation {
         return TaskResult.combined(x, y, merged, System.nanoTime() - t0);
     }
 
-    /** A one-line reason: the exception's message, which names the file or module, without the client id again. */
+    /** A one-line reason: the exception's message, which names the file or module, without the client (reported beside it). */
     static String reason(Exception e, String clientId) {
         String message = e.getMessage() == null ? e.getClass().getSimpleName() : e.getMessage();
-        String prefix = "client '" + clientId + "'";
-        if (e instanceof InvalidUpdateException && message.startsWith(prefix)) {
-            message = message.substring(prefix.length()).replaceFirst("^(, |: )", "");
+        if (e instanceof InvalidUpdateException refused) {
+            String prefix = "client '" + clientId + "'";
+            if (refused.source() != null && message.startsWith(prefix + " (" + refused.source() + ")")) {
+                prefix += " (" + refused.source() + ")";
+            }
+            if (message.startsWith(prefix)) {
+                message = message.substring(prefix.length()).replaceFirst("^(, |: )", "");
+            }
         }
         return message.lines().findFirst().orElse(message);
     }

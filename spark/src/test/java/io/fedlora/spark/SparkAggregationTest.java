@@ -27,7 +27,10 @@ import java.util.SplittableRandom;
 import java.util.TreeMap;
 import java.util.stream.Collectors;
 import java.util.stream.Stream;
+import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.spark.SparkConf;
+import org.apache.spark.scheduler.SparkListener;
+import org.apache.spark.scheduler.SparkListenerTaskEnd;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -116,13 +119,30 @@ class SparkAggregationTest {
     @Test
     void retriedTasksDoNotCountTwice() throws IOException {
         Path out = dir.resolve("spark-retried");
+        AtomicInteger failedAttempts = new AtomicInteger();
+        SparkListener failures = new SparkListener() {
+            @Override
+            public void onTaskEnd(SparkListenerTaskEnd end) {
+                if (!end.taskInfo().successful()) {
+                    failedAttempts.incrementAndGet();
+                }
+            }
+        };
+        spark.sc().addSparkListener(failures);
         spark.setLocalProperty(SparkAggregation.FAIL_FIRST_ATTEMPT, "true");
         SparkAggregation.Result result;
         try {
             result = SparkAggregation.run(spark, manifest, SparkAggregation.Options.of(Policy.of(Strategy.ZERO)).withFold(true), out);
         } finally {
             spark.setLocalProperty(SparkAggregation.FAIL_FIRST_ATTEMPT, null);
+            spark.sc().removeSparkListener(failures);
         }
+        // Listener events arrive asynchronously: wait (briefly) until every map task's first attempt is seen.
+        long deadline = System.nanoTime() + 10_000_000_000L;
+        while (failedAttempts.get() < result.partitions() && System.nanoTime() < deadline) {
+            Thread.yield();
+        }
+        assertEquals(result.partitions(), failedAttempts.get(), "every map task failed once and was retried");
         assertEquals(CLIENTS, result.clients());
         assertEquals(result.partitions(), result.totals().tasks());
         assertSameAdapter(singleProcess("zero", clients, dir.resolve("single-retried"), "--scale", "fold"), out);
@@ -234,6 +254,9 @@ class SparkAggregationTest {
         }
         assertEquals(new TreeMap<>(expected).keySet(), reasons.keySet(), "bad clients: " + result.bad());
         expected.forEach((id, word) -> assertTrue(reasons.get(id).contains(word), id + ": " + reasons.get(id)));
+        // The client is named beside the reason, not again inside it.
+        reasons.forEach((id, reason) -> assertFalse(reason.isBlank() || reason.startsWith(" ") || reason.startsWith("(")
+                || reason.contains("client '" + id + "'"), id + ": " + reason));
         assertSameAdapter(singleProcess("replication", good, dir.resolve("single-good")), out);
     }
 
