@@ -338,8 +338,10 @@ public abstract class CpuKernels implements Kernels {
     // ---- heap accumulator ----------------------------------------------------------------------
 
     /**
-     * Sums in a float[] on the heap, rows padded to {@link #padded} (the padding stays +0); every
-     * operation goes through the row primitives above.
+     * Sums in a float[] on the heap, rows padded to {@link #padded} (the padding stays +0), and
+     * room for rows up to the next multiple of ROW_ALIGN: a round's ranks grow client by client,
+     * and growing within that room is free (cells never written are +0). Every operation goes
+     * through the row primitives above.
      */
     final class CpuAccumulator implements Accumulator {
         private int rows, cols, stride;
@@ -349,7 +351,7 @@ public abstract class CpuKernels implements Kernels {
             this.rows = rows;
             this.cols = cols;
             this.stride = padded(cols);
-            this.sums = new float[Math.multiplyExact(rows, stride)];
+            this.sums = new float[Math.multiplyExact(padded(rows), stride)];
         }
 
         @Override
@@ -386,7 +388,12 @@ public abstract class CpuKernels implements Kernels {
                 return;
             }
             int newStride = padded(newCols);
-            float[] grown = new float[Math.multiplyExact(newRows, newStride)];
+            if (newStride == stride && (long) newRows * stride <= sums.length) {
+                rows = newRows;
+                cols = newCols;
+                return;
+            }
+            float[] grown = new float[Math.multiplyExact(padded(newRows), newStride)];
             for (int i = 0; i < rows; i++) {
                 System.arraycopy(sums, i * stride, grown, i * newStride, cols);
             }
