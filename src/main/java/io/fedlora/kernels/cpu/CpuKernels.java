@@ -1,11 +1,9 @@
 package io.fedlora.kernels.cpu;
 
-import io.fedlora.tensor.Matrix;
 import io.fedlora.kernels.Accumulator;
-
 import io.fedlora.kernels.Kernels;
-
 import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Matrix;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 import java.util.concurrent.ForkJoinPool;
@@ -19,11 +17,18 @@ import java.util.stream.IntStream;
  * loops over rows, all written once in terms of five row primitives that each backend supplies.
  * The split never changes the arithmetic (every output element is computed by one thread, in
  * source order), so results do not depend on the thread count.
+ *
+ * <p>Every block of sums has rows padded to a multiple of {@link #ROW_ALIGN} floats: the batch
+ * path's per-thread tile (zeroed, summed into by every source while it sits in L1, then scaled
+ * into the caller's output, which is written once) and the streaming accumulators. A B factor's
+ * short rows (rank 8, 37, 64, ...) are then whole vectors on the sums side for any rank (issue 8:
+ * short rows of ranks that are not a multiple of the vector width were the slow case), and no
+ * primitive ever writes past the logical end of a row of the caller's memory.
  */
 public abstract class CpuKernels implements Kernels {
 
     /** Elements per tile: 32 KiB of float32, so a tile of sums stays in L1 while all clients pass. */
-    static final int TILE = Integer.getInteger("fedlora.tile", 8192);
+    static final int TILE = 8192;
     /**
      * Rows of every block of sums (a tile, an accumulator) are padded to a multiple of this many
      * floats: 64 bytes, one cache line and one vector of the widest species, so a row of any
