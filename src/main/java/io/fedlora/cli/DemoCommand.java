@@ -120,7 +120,7 @@ final class DemoCommand implements Callable<Integer> {
                 AggregateCommand.Result best = null;
                 for (int run = 0; run < runs; run++) {
                     var job = new AggregateCommand.Job(clients, weights, strategy, 0, backend, DType.F32,
-                            false, false, out);
+                            false, false, out, true);
                     AggregateCommand.Result result = job.run(Progress.off());
                     if (best == null || result.seconds() < best.seconds()) {
                         best = result;
