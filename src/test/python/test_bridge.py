@@ -186,7 +186,9 @@ class ZeroCopyAndOwnership(unittest.TestCase):
             "m.lora_A.weight": rng.standard_normal((16, 4096), dtype=np.float32),
             "m.lora_B.weight": rng.standard_normal((4096, 16), dtype=np.float32)}) for i in range(8)]
         input_bytes = sum(a.nbytes for _, _, t in updates for a in t.values())  # 4 MiB
-        rnd = fedlora.Aggregator().round()
+        # The scalar backend: the vector backend's loops box every vector until C2 has compiled
+        # them (megabytes of garbage per add in a cold JVM), which would hide what this looks for.
+        rnd = fedlora.Aggregator(backend="scalar").round()
         rnd.add(*updates[0])  # allocates the sums
         tracemalloc.start()
         java_before = mx.getCurrentThreadAllocatedBytes()
