@@ -99,7 +99,7 @@ public final class Safetensors implements AutoCloseable {
             long size = channel.size();
             if (size < 8) {
                 throw new InvalidFileException(source,
-                        "file is " + size + " bytes, too short for the 8-byte header length");
+                        "not a safetensors file: it is " + size + " bytes, too short for the 8-byte header length");
             }
             MemorySegment whole = channel.map(FileChannel.MapMode.READ_ONLY, 0, size, arena);
             return parse(whole, source, arena);
@@ -128,17 +128,24 @@ public final class Safetensors implements AutoCloseable {
         long size = whole.byteSize();
         if (size < 8) {
             throw new InvalidFileException(source,
-                    "file is " + size + " bytes, too short for the 8-byte header length");
+                    "not a safetensors file: it is " + size + " bytes, too short for the 8-byte header length");
         }
         long headerLength = whole.get(LONG_LE, 0);
         // The length is an unsigned 64-bit number: a negative long is a huge length.
+        // A header starts with '{' (the reference writer pads with spaces at the end, not the start).
+        boolean jsonFollows = size > 8 && whole.get(ValueLayout.JAVA_BYTE, 8) == '{';
+        String notSafetensors = jsonFollows ? "" : "not a safetensors file: ";
         if (headerLength < 0 || headerLength > MAX_HEADER_BYTES) {
-            throw new InvalidFileException(source, "header length " + Long.toUnsignedString(headerLength)
+            throw new InvalidFileException(source, notSafetensors + "header length " + Long.toUnsignedString(headerLength)
                     + " is over the 100 MB limit");
         }
         if (headerLength > size - 8) {
-            throw new InvalidFileException(source, "header length " + headerLength
+            throw new InvalidFileException(source, notSafetensors + "header length " + headerLength
                     + " is beyond the end of the file (" + size + " bytes)");
+        }
+        if (!jsonFollows && headerLength > 0) {
+            throw new InvalidFileException(source, "not a safetensors file: no JSON header after the 8-byte length "
+                    + "(byte 8 is not '{')");
         }
         byte[] json = whole.asSlice(8, headerLength).toArray(ValueLayout.JAVA_BYTE);
         long dataSize = size - 8 - headerLength;
