@@ -79,7 +79,7 @@ int launch(void (*kernel)(Params...), const Launch& geometry, void** params, std
 template <typename... Params>
 KernelInfo entry(const char* name, void (*kernel)(Params...))
 {
-    return KernelInfo{name, static_cast<int>(sizeof...(Params)), [kernel](const Launch& geometry, void** params) {
+    return KernelInfo{name, {sizeof(Params)...}, [kernel](const Launch& geometry, void** params) {
                           return launch(kernel, geometry, params, std::index_sequence_for<Params...>{});
                       }};
 }

@@ -94,18 +94,24 @@ public final class AdapterConfig {
 
     /** Reads and checks a config file. */
     public static AdapterConfig read(Path file) throws InvalidFileException {
-        String source = file.toString();
-        Object value;
-        String text;
+        byte[] bytes;
         try {
-            text = decodeUtf8(Files.readAllBytes(file), source);
+            bytes = Files.readAllBytes(file);
         } catch (NoSuchFileException e) {
-            throw new InvalidFileException(source, "no such file", e);
-        } catch (InvalidFileException e) {
-            throw e;
+            throw new InvalidFileException(file.toString(), "no such file", e);
         } catch (IOException e) {
-            throw new InvalidFileException(source, "cannot read: " + Messages.reason(e), e);
+            throw new InvalidFileException(file.toString(), "cannot read: " + Messages.reason(e), e);
         }
+        return parse(bytes, file.toString());
+    }
+
+    /**
+     * Checks a config held in memory (fetched from a remote store, say): {@code bytes} are those
+     * of an {@code adapter_config.json}, strict UTF-8; {@code source} names it in error messages.
+     */
+    public static AdapterConfig parse(byte[] bytes, String source) throws InvalidFileException {
+        String text = decodeUtf8(bytes, source);
+        Object value;
         try (JsonParser p = JSON.createParser(text)) {
             value = readValue(p, p.nextToken());
             if (p.nextToken() != null) {
@@ -114,8 +120,6 @@ public final class AdapterConfig {
         } catch (JacksonException e) {
             String first = e.getOriginalMessage() == null ? "" : e.getOriginalMessage().lines().findFirst().orElse("");
             throw new InvalidFileException(source, "invalid JSON: " + first, e);
-        } catch (NoSuchFileException e) {
-            throw new InvalidFileException(source, "no such file", e);
         } catch (InvalidFileException e) {
             throw e;
         } catch (IOException e) {

@@ -6,6 +6,7 @@ import io.fedlora.PeftKeys;
 import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Tensor;
 import java.io.IOException;
+import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
@@ -42,6 +43,8 @@ public final class PeftAdapter implements AutoCloseable {
     private final Path weightsFile;
     private final Safetensors weights;
     private final AdapterConfig config;
+    /** For an adapter {@linkplain #read read from memory}: the name the caller gave it (null for files). */
+    private String name;
 
     private final FileTime modifiedAtOpen;
 
@@ -182,6 +185,9 @@ public final class PeftAdapter implements AutoCloseable {
      * opened ("shrank from N to M bytes", "was removed"), or null if nothing visible did.
      */
     public String changeSinceOpen() {
+        if (weightsFile == null) {
+            return null; // read from memory: no file to change
+        }
         try {
             long now = Files.size(weightsFile);
             if (now != weights.byteSize()) {
@@ -199,7 +205,29 @@ public final class PeftAdapter implements AutoCloseable {
         return weightsFile;
     }
 
-    /** The directory or file this adapter was opened from. */
+    /**
+     * A PEFT adapter held in memory, e.g. fetched from object storage: {@code weights} is a whole
+     * {@code adapter_model.safetensors} (heap or native; the tensors are views into it, so it must
+     * outlive the adapter) and {@code config} the bytes of its {@code adapter_config.json}, or null
+     * when it has none. {@code source} names the adapter (a URI, say) in error messages and in
+     * {@link #toUpdate}; the two parts are named {@code source/adapter_model.safetensors} and
+     * {@code source/adapter_config.json}. {@link #source()} is null for such an adapter.
+     *
+     * @throws InvalidFileException naming the part and the problem, as {@link #open} does
+     */
+    public static PeftAdapter read(MemorySegment weights, byte[] config, String source) throws InvalidFileException {
+        AdapterConfig parsed = config == null ? null : AdapterConfig.parse(config, source + "/" + CONFIG);
+        String weightsName = source + "/" + WEIGHTS;
+        Safetensors tensors = Safetensors.read(weights, weightsName);
+        if (moduleRanks(tensors.tensors()).isEmpty()) {
+            throw new InvalidFileException(weightsName, "no LoRA factors (no key ends in .lora_A.weight or .lora_B.weight)");
+        }
+        PeftAdapter adapter = new PeftAdapter(null, null, tensors, parsed, null);
+        adapter.name = source;
+        return adapter;
+    }
+
+    /** The directory or file this adapter was opened from; null for one {@linkplain #read read from memory}. */
     public Path source() {
         return source;
     }
@@ -226,7 +254,7 @@ public final class PeftAdapter implements AutoCloseable {
 
     /** A client update over this adapter's tensors, with PEFT's scale when the config is known. */
     public ClientUpdate toUpdate(String clientId, double weight) {
-        ClientUpdate update = ClientUpdate.of(clientId, weight, tensors()).withSource(source.toString());
+        ClientUpdate update = ClientUpdate.of(clientId, weight, tensors()).withSource(name != null ? name : source.toString());
         return config == null ? update : update.withScale(config.scale());
     }
 

@@ -10,6 +10,7 @@ import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Tensor;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -453,6 +454,39 @@ public final class Safetensors implements AutoCloseable {
             }
             throw t;
         }
+    }
+
+    /**
+     * The bytes {@link #write} would put in a file, in one array: for data that travels (a partial
+     * aggregate between Spark tasks) rather than lands on disk. {@link #read} parses them back.
+     *
+     * @throws IllegalArgumentException when the whole does not fit one Java array (2 GB)
+     */
+    public static byte[] toBytes(Map<String, Tensor> tensors, Map<String, String> metadata) {
+        byte[] header;
+        try {
+            header = header(tensors, metadata);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot write a safetensors header in memory", e);
+        }
+        long size = 8L + header.length;
+        for (Tensor t : tensors.values()) {
+            size += t.data().byteSize();
+        }
+        if (size > Integer.MAX_VALUE - 8) {
+            throw new IllegalArgumentException("a safetensors image of " + size + " bytes does not fit one byte array");
+        }
+        byte[] out = new byte[(int) size];
+        MemorySegment image = MemorySegment.ofArray(out);
+        image.set(LONG_LE, 0, header.length);
+        MemorySegment.copy(header, 0, image, ValueLayout.JAVA_BYTE, 8, header.length);
+        long offset = 8L + header.length;
+        for (Tensor t : tensors.values()) {
+            long length = t.data().byteSize();
+            MemorySegment.copy(t.data(), 0, image, offset, length);
+            offset += length;
+        }
+        return out;
     }
 
     private static final int COPY_CHUNK = 4 << 20;
