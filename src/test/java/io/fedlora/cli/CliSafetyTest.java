@@ -316,8 +316,9 @@ class CliSafetyTest {
         throw new AssertionError("the child never got to writing: " + Files.readString(log));
     }
 
-    @Test
-    void sigtermWhileWritingRemovesWhatTheRunCreatedAndKeepsTheOldOutput() throws Exception {
+    @org.junit.jupiter.params.ParameterizedTest(name = "SIG{0}")
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"TERM", "INT"})
+    void aSignalWhileWritingRemovesWhatTheRunCreatedAndKeepsTheOldOutput(String signal) throws Exception {
         List<Path> c = bigOutputClients();
         Path out = outs.resolve("global");
         assertEquals(0, cli(aggregate(out, c)).status());
@@ -325,10 +326,10 @@ class CliSafetyTest {
         Path log = tmp.resolve("child.log");
         Process p = child(log, aggregate(out, c, "--force", "--rank", "2048"));
         awaitWriting(p, outs, log);
-        p.destroy(); // SIGTERM
+        assertEquals(0, new ProcessBuilder("kill", "-" + signal, String.valueOf(p.pid())).start().waitFor());
         assertTrue(p.waitFor(60, TimeUnit.SECONDS));
         Files.delete(log);
-        assertEquals(143, p.exitValue(), "killed by SIGTERM");
+        assertEquals(signal.equals("TERM") ? 143 : 130, p.exitValue(), "ended by SIG" + signal);
         assertEquals(before, snapshot(tmp), "old output and inputs as they were, nothing added");
     }
 
