@@ -4,8 +4,8 @@
 #ifndef FEDLORA_COMMON_CUH
 #define FEDLORA_COMMON_CUH
 
-// Element types of a source view. Must match the ordinals of io.fedlora.DType (F32, BF16, F16),
-// which CudaDevice passes as the kernels' dtype argument.
+// Element types of a source view. Must match io.fedlora.kernels.cuda.DTypeCode (F32, BF16, F16),
+// which the backend passes as the kernels' dtype argument (DTypeCodeTest compares the two).
 #define FEDLORA_F32 0
 #define FEDLORA_BF16 1
 #define FEDLORA_F16 2

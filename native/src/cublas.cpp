@@ -18,6 +18,7 @@ enum {
     CUBLAS_STATUS_NOT_SUPPORTED = 15
 };
 enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
+enum { CUBLAS_FILL_MODE_LOWER = 0, CUBLAS_FILL_MODE_UPPER = 1 };
 enum { CUBLAS_POINTER_MODE_HOST = 0 };
 
 struct Handle {
@@ -34,12 +35,13 @@ int status_of(int result)
 }
 
 // A column-major rows x cols operand with leading dimension ld must lie in device memory.
-int check_matrix(const float* data, int rows, int cols, int ld, const char* what)
+template <typename T>
+int check_matrix(const T* data, int rows, int cols, int ld, const char* what)
 {
     if (rows == 0 || cols == 0) {
         return CUDA_SUCCESS;
     }
-    size_t bytes = (static_cast<size_t>(cols - 1) * ld + rows) * sizeof(float);
+    size_t bytes = (static_cast<size_t>(cols - 1) * ld + rows) * sizeof(T);
     return check_device_range(reinterpret_cast<CUdeviceptr>(data), bytes, what);
 }
 
@@ -137,6 +139,82 @@ EXPORT int cublasSgemm_v2(Handle* handle, int transa, int transb, int m, int n, 
             }
         }
         return check_guards("cublasSgemm");
+    });
+    return status_of(result);
+}
+
+// The double-precision GEMM of the product-space algebra (DESIGN §9): as cublasSgemm, in double
+// with one FMA per product in k order.
+EXPORT int cublasDgemm_v2(Handle* handle, int transa, int transb, int m, int n, int k, const double* alpha,
+                          const double* a, int lda, const double* b, int ldb, const double* beta, double* c, int ldc)
+{
+    LOCKED;
+    if (handles.count(handle) == 0) return CUBLAS_STATUS_NOT_INITIALIZED;
+    bool ta = transa == CUBLAS_OP_T, tb = transb == CUBLAS_OP_T;
+    if ((transa != CUBLAS_OP_N && !ta) || (transb != CUBLAS_OP_N && !tb) || m < 0 || n < 0 || k < 0
+        || alpha == nullptr || beta == nullptr || lda < (ta ? k : m) || lda < 1 || ldb < (tb ? n : k) || ldb < 1
+        || ldc < m || ldc < 1) {
+        report(CUDA_ERROR_INVALID_VALUE, "cublasDgemm: invalid arguments (op %d/%d, m %d, n %d, k %d, lda %d, ldb %d, ldc %d)",
+               transa, transb, m, n, k, lda, ldb, ldc);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    int result = check_context();
+    if (result == CUDA_SUCCESS) result = check_matrix(a, ta ? k : m, ta ? m : k, lda, "cublasDgemm A");
+    if (result == CUDA_SUCCESS) result = check_matrix(b, tb ? n : k, tb ? k : n, ldb, "cublasDgemm B");
+    if (result == CUDA_SUCCESS) result = check_matrix(c, m, n, ldc, "cublasDgemm C");
+    if (result != CUDA_SUCCESS) return status_of(result);
+    double alpha_value = *alpha, beta_value = *beta;
+    result = submit(handle->stream, "cublasDgemm", [=]() {
+        for (int col = 0; col < n; col++) {
+            for (int row = 0; row < m; row++) {
+                double sum = 0.0;
+                for (int p = 0; p < k; p++) {
+                    double left = ta ? a[row * static_cast<long>(lda) + p] : a[p * static_cast<long>(lda) + row];
+                    double right = tb ? b[p * static_cast<long>(ldb) + col] : b[col * static_cast<long>(ldb) + p];
+                    sum = std::fma(left, right, sum);
+                }
+                double* out = c + col * static_cast<long>(ldc) + row;
+                *out = beta_value == 0.0 ? alpha_value * sum : std::fma(beta_value, *out, alpha_value * sum);
+            }
+        }
+        return check_guards("cublasDgemm");
+    });
+    return status_of(result);
+}
+
+// C = alpha op(A) op(A)^T + beta C on the uplo triangle of the n x n C only (the other triangle is
+// not touched, as cuBLAS documents); op(A) is n x k: A itself (trans N) or A^T (trans T).
+EXPORT int cublasDsyrk_v2(Handle* handle, int uplo, int trans, int n, int k, const double* alpha, const double* a,
+                          int lda, const double* beta, double* c, int ldc)
+{
+    LOCKED;
+    if (handles.count(handle) == 0) return CUBLAS_STATUS_NOT_INITIALIZED;
+    bool t = trans == CUBLAS_OP_T, upper = uplo == CUBLAS_FILL_MODE_UPPER;
+    if ((trans != CUBLAS_OP_N && !t) || (uplo != CUBLAS_FILL_MODE_LOWER && !upper) || n < 0 || k < 0 || alpha == nullptr
+        || beta == nullptr || lda < (t ? k : n) || lda < 1 || ldc < n || ldc < 1) {
+        report(CUDA_ERROR_INVALID_VALUE, "cublasDsyrk: invalid arguments (uplo %d, op %d, n %d, k %d, lda %d, ldc %d)", uplo,
+               trans, n, k, lda, ldc);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    int result = check_context();
+    if (result == CUDA_SUCCESS) result = check_matrix(a, t ? k : n, t ? n : k, lda, "cublasDsyrk A");
+    if (result == CUDA_SUCCESS) result = check_matrix(c, n, n, ldc, "cublasDsyrk C");
+    if (result != CUDA_SUCCESS) return status_of(result);
+    double alpha_value = *alpha, beta_value = *beta;
+    result = submit(handle->stream, "cublasDsyrk", [=]() {
+        for (int col = 0; col < n; col++) {
+            for (int row = upper ? 0 : col; row <= (upper ? col : n - 1); row++) {
+                double sum = 0.0;
+                for (int p = 0; p < k; p++) {
+                    double left = t ? a[row * static_cast<long>(lda) + p] : a[p * static_cast<long>(lda) + row];
+                    double right = t ? a[col * static_cast<long>(lda) + p] : a[p * static_cast<long>(lda) + col];
+                    sum = std::fma(left, right, sum);
+                }
+                double* out = c + col * static_cast<long>(ldc) + row;
+                *out = beta_value == 0.0 ? alpha_value * sum : std::fma(beta_value, *out, alpha_value * sum);
+            }
+        }
+        return check_guards("cublasDsyrk");
     });
     return status_of(result);
 }

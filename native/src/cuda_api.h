@@ -32,9 +32,16 @@ enum {
     CUDA_ERROR_INVALID_HANDLE = 400,
     CUDA_ERROR_ILLEGAL_STATE = 401,
     CUDA_ERROR_NOT_FOUND = 500,
+    CUDA_ERROR_NOT_READY = 600,
     CUDA_ERROR_ILLEGAL_ADDRESS = 700,
     CUDA_ERROR_NOT_SUPPORTED = 801,
     CUDA_ERROR_UNKNOWN = 999
+};
+
+/* CUjit_option values the emulator reads in cuModuleLoadDataEx. */
+enum {
+    CU_JIT_ERROR_LOG_BUFFER = 5,
+    CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6
 };
 
 /* CUdevice_attribute values the emulator answers. */
@@ -83,6 +90,7 @@ CUresult cuMemsetD8_v2(CUdeviceptr destination, unsigned char value, size_t coun
 CUresult cuMemsetD32_v2(CUdeviceptr destination, unsigned int value, size_t count);
 CUresult cuMemsetD32Async(CUdeviceptr destination, unsigned int value, size_t count, CUstream stream);
 CUresult cuModuleLoadData(CUmodule* module, const void* image);
+CUresult cuModuleLoadDataEx(CUmodule* module, const void* image, unsigned int count, int* options, void** values);
 CUresult cuModuleUnload(CUmodule module);
 CUresult cuModuleGetFunction(CUfunction* function, CUmodule module, const char* name);
 CUresult cuLaunchKernel(CUfunction function, unsigned int gridX, unsigned int gridY, unsigned int gridZ,
@@ -100,6 +108,15 @@ CUresult cuEventDestroy_v2(CUevent event);
 
 /* Emulator extras, not part of CUDA: the last error it reported (also printed on stderr). */
 const char* fedlora_emu_last_error(void);
+/* The scheduler seed (as FEDLORA_EMU_SEED); re-ranks the live streams. */
+void fedlora_emu_set_seed(unsigned long long seed);
+/* Makes the nth next call of `function` (e.g. "cuMemAlloc") fail with CUDA_ERROR_UNKNOWN; 0 disarms.
+   Returns how many calls the previously armed failure still had to wait (0: it fired or none was armed). */
+int fedlora_emu_fail(const char* function, int nth);
+/* The next kernel launched faults with CUDA_ERROR_ILLEGAL_ADDRESS when it runs, breaking its context. */
+void fedlora_emu_fault_next_launch(void);
+/* Live device allocations, pinned host buffers, streams, events and modules, of every context. */
+int fedlora_emu_live_objects(void);
 
 #ifdef __cplusplus
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -31,9 +32,12 @@ struct CUmod_st {
 };
 struct CUstream_st {
     CUcontext context;
+    bool blocking;           // flag 0: synchronises with the legacy default stream
+    unsigned long priority;  // the scheduler's rank for this stream under even seeds
 };
 struct CUevent_st {
     CUcontext context;
+    unsigned long recorded;  // the marker queued by the last cuEventRecord; 0: never recorded
 };
 
 namespace fedlora_emu {
@@ -60,10 +64,24 @@ struct HostAllocation {
     CUcontext context;
     unsigned long serial;
 };
+// One unit of queued device work. It may run once every item in `after` has run: the previous
+// item of its stream, the legacy stream's barrier items, and the events it was told to wait for.
 struct Work {
     std::string what;
     CUcontext context;
     std::function<int()> run;
+    std::vector<unsigned long> after;
+    unsigned long priority;
+};
+// Where a stream's next item must queue behind; the legacy default stream of a context is
+// keyed by the context with a null stream.
+struct StreamKey {
+    CUcontext context;
+    CUstream stream;
+    bool operator<(const StreamKey& other) const
+    {
+        return context != other.context ? context < other.context : stream < other.stream;
+    }
 };
 
 bool initialized = false;
@@ -78,7 +96,19 @@ std::set<CUmodule> modules;
 std::set<CUfunction> functions;
 std::set<CUstream> streams;
 std::set<CUevent> events;
-std::deque<Work> queue;
+std::map<unsigned long, Work> pending;       // queued work by id, in submission order
+std::map<StreamKey, unsigned long> tails;    // the last item queued on each stream
+unsigned long next_work = 1;
+// Scheduler (FEDLORA_EMU_SEED, or fedlora_emu_set_seed): 0 runs ready work in submission order;
+// an odd seed picks uniformly among the ready items; an even seed ranks the streams at random
+// and always runs the ready item of the highest-ranked stream (one stream races ahead: copies
+// ahead of compute, or the other way round).
+unsigned long long seed = 1;
+unsigned long long rng_state = 1;
+// Failure injection (fedlora_emu_fail): the countdown-th next call of fail_function fails.
+std::string fail_function;
+int fail_countdown = 0;
+bool launch_fault = false;
 CUctx_st primary_context{true, false, 0, CUDA_SUCCESS};
 thread_local CUcontext current = nullptr;
 std::string last_error;
@@ -296,32 +326,158 @@ int check_device_range(CUdeviceptr pointer, size_t bytes, const char* what)
     return CUDA_SUCCESS;
 }
 
+namespace {
+
+unsigned long long next_random()
+{
+    // splitmix64
+    unsigned long long z = (rng_state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+bool is_legacy(CUstream stream) { return reinterpret_cast<uintptr_t>(stream) <= 2; }
+
+bool done(unsigned long id) { return id == 0 || pending.count(id) == 0; }
+
+// Runs one item and removes it; a broken context runs nothing more.
+void execute(std::map<unsigned long, Work>::iterator it)
+{
+    Work work = std::move(it->second);
+    pending.erase(it);
+    if (work.context->sticky != CUDA_SUCCESS) {
+        return;
+    }
+    int status = work.run();
+    if (status != CUDA_SUCCESS) {
+        work.context->sticky = status;
+    }
+}
+
+// Runs the targets and exactly what they depend on, in an order the scheduler picks among the
+// items whose dependencies have all run; everything else stays queued.
+void run_until(const std::vector<unsigned long>& targets)
+{
+    std::set<unsigned long> needed;
+    std::vector<unsigned long> stack;
+    for (unsigned long t : targets) {
+        if (!done(t)) stack.push_back(t);
+    }
+    while (!stack.empty()) {
+        unsigned long id = stack.back();
+        stack.pop_back();
+        if (!needed.insert(id).second) continue;
+        for (unsigned long before : pending.at(id).after) {
+            if (!done(before) && !needed.count(before)) stack.push_back(before);
+        }
+    }
+    while (!needed.empty()) {
+        std::vector<unsigned long> ready;
+        for (unsigned long id : needed) {
+            bool free_to_run = true;
+            for (unsigned long before : pending.at(id).after) free_to_run = free_to_run && done(before);
+            if (free_to_run) ready.push_back(id);
+        }
+        unsigned long chosen = ready.front();  // seed 0: submission order
+        if (seed % 2 == 1) {
+            chosen = ready[next_random() % ready.size()];
+        } else if (seed != 0) {
+            for (unsigned long id : ready) {
+                if (pending.at(id).priority > pending.at(chosen).priority) chosen = id;
+            }
+        }
+        needed.erase(chosen);
+        execute(pending.find(chosen));
+    }
+}
+
+}  // namespace
+
 int submit(CUstream stream, const char* what, std::function<int()> work)
+{
+    return submit_after(stream, what, 0, std::move(work));
+}
+
+int submit_after(CUstream stream, const char* what, unsigned long also_after, std::function<int()> work)
 {
     int status = check_context();
     if (status == CUDA_SUCCESS) {
         status = check_stream(stream);
     }
-    if (status == CUDA_SUCCESS) {
-        queue.push_back(Work{what, current, std::move(work)});
+    if (status != CUDA_SUCCESS) {
+        return status;
     }
-    return status;
+    Work item{what, current, std::move(work), {}, 0};
+    if (also_after != 0) item.after.push_back(also_after);
+    StreamKey key{current, is_legacy(stream) ? nullptr : stream};
+    item.after.push_back(tails[key]);
+    if (key.stream == nullptr) {
+        // The legacy stream waits for all earlier work of every blocking stream of its context.
+        for (CUstream other : streams) {
+            if (other->context == current && other->blocking) item.after.push_back(tails[StreamKey{current, other}]);
+        }
+        item.priority = 0;
+    } else {
+        if (stream->blocking) item.after.push_back(tails[StreamKey{current, nullptr}]);
+        item.priority = stream->priority;
+    }
+    unsigned long id = next_work++;
+    pending.emplace(id, std::move(item));
+    tails[key] = id;
+    return CUDA_SUCCESS;
+}
+
+unsigned long last_submitted() { return next_work - 1; }
+
+int run_through(unsigned long id)
+{
+    run_until({id});
+    return current != nullptr ? current->sticky : CUDA_SUCCESS;
+}
+
+int synchronize_stream(CUstream stream)
+{
+    if (is_legacy(stream)) {
+        // Waiting for the legacy stream waits for the work of every blocking stream before now.
+        int status = submit(stream, "legacy stream synchronisation", []() { return CUDA_SUCCESS; });
+        return status != CUDA_SUCCESS ? status : run_through(last_submitted());
+    }
+    return run_through(tails[StreamKey{current, stream}]);
 }
 
 int flush()
 {
-    while (!queue.empty()) {
-        Work work = std::move(queue.front());
-        queue.pop_front();
-        if (work.context->sticky != CUDA_SUCCESS) {
-            continue;  // a broken context runs nothing more
-        }
-        int status = work.run();
-        if (status != CUDA_SUCCESS) {
-            work.context->sticky = status;
-        }
-    }
+    std::vector<unsigned long> all;
+    for (auto& entry : pending) all.push_back(entry.first);
+    run_until(all);
     return current != nullptr ? current->sticky : CUDA_SUCCESS;
+}
+
+int flush_context()
+{
+    std::vector<unsigned long> all;
+    for (auto& [id, work] : pending) {
+        if (work.context == current) all.push_back(id);
+    }
+    run_until(all);
+    return current != nullptr ? current->sticky : CUDA_SUCCESS;
+}
+
+bool take_launch_fault()
+{
+    bool fault = launch_fault;
+    launch_fault = false;
+    return fault;
+}
+
+int injected_failure(const char* function)
+{
+    if (fail_countdown > 0 && fail_function == function && --fail_countdown == 0) {
+        fail_function.clear();
+        return report(CUDA_ERROR_UNKNOWN, "%s: failure injected by fedlora_emu_fail", function);
+    }
+    return CUDA_SUCCESS;
 }
 
 int check_guards(const char* what)
@@ -353,6 +509,7 @@ int check_guards(const char* what)
 
 using namespace fedlora_emu;
 #define LOCKED std::lock_guard<std::recursive_mutex> guard(big_lock())
+#define CHECK_OR_RETURN(expression) do { int status_ = (expression); if (status_ != CUDA_SUCCESS) return status_; } while (0)
 #define CHECK(expression) do { int status_ = (expression); if (status_ != CUDA_SUCCESS) return status_; } while (0)
 
 extern "C" {
@@ -366,6 +523,35 @@ EXPORT const char* fedlora_emu_last_error(void)
     return copy.c_str();
 }
 
+EXPORT void fedlora_emu_set_seed(unsigned long long new_seed)
+{
+    LOCKED;
+    seed = new_seed;
+    rng_state = new_seed;
+    for (CUstream stream : streams) stream->priority = next_random();
+}
+
+EXPORT int fedlora_emu_fail(const char* function, int nth)
+{
+    LOCKED;
+    int left = fail_countdown;
+    fail_function = function != nullptr ? function : "";
+    fail_countdown = nth;
+    return left;
+}
+
+EXPORT void fedlora_emu_fault_next_launch(void)
+{
+    LOCKED;
+    launch_fault = true;
+}
+
+EXPORT int fedlora_emu_live_objects(void)
+{
+    LOCKED;
+    return static_cast<int>(allocations.size() + host_allocations.size() + streams.size() + events.size() + modules.size());
+}
+
 EXPORT CUresult cuInit(unsigned int flags)
 {
     LOCKED;
@@ -376,6 +562,13 @@ EXPORT CUresult cuInit(unsigned int flags)
     if (size != nullptr && !parse_bytes(size, &memory_limit)) {
         return report(CUDA_ERROR_INVALID_VALUE, "FEDLORA_EMU_MEMORY=%s is not a byte count (e.g. 65536, 64K, 512M, 4G)", size);
     }
+    const char* seed_text = std::getenv("FEDLORA_EMU_SEED");
+    if (seed_text != nullptr && *seed_text != '\0') {
+        char* end = nullptr;
+        seed = std::strtoull(seed_text, &end, 10);
+        if (*end != '\0') return report(CUDA_ERROR_INVALID_VALUE, "FEDLORA_EMU_SEED=%s is not a number", seed_text);
+    }
+    rng_state = seed;
     initialized = true;
     return CUDA_SUCCESS;
 }
@@ -396,7 +589,7 @@ EXPORT CUresult cuGetErrorName(CUresult error, const char** name)
         {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT"}, {CUDA_ERROR_NO_BINARY_FOR_GPU, "CUDA_ERROR_NO_BINARY_FOR_GPU"},
         {CUDA_ERROR_INVALID_PTX, "CUDA_ERROR_INVALID_PTX"}, {CUDA_ERROR_UNSUPPORTED_PTX_VERSION, "CUDA_ERROR_UNSUPPORTED_PTX_VERSION"},
         {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE"}, {CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE"},
-        {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND"}, {CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS"},
+        {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND"}, {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY"}, {CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS"},
         {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED"}, {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN"}};
     auto it = names.find(error);
     if (name == nullptr || it == names.end()) return CUDA_ERROR_INVALID_VALUE;
@@ -554,7 +747,7 @@ EXPORT CUresult cuCtxSynchronize(void)
 {
     LOCKED;
     CHECK(check_context());
-    return flush();
+    return flush_context();
 }
 
 EXPORT CUresult cuMemGetInfo_v2(size_t* free, size_t* total)
@@ -572,6 +765,7 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* pointer, size_t bytes)
     LOCKED;
     CHECK(check_context());
     if (pointer == nullptr) return report(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc: null result pointer");
+    CHECK(injected_failure("cuMemAlloc"));
     if (bytes == 0) return report(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc of 0 bytes");
     size_t charged = round_up(bytes, GRANULE);
     if (charged > memory_limit - memory_used) {
@@ -607,7 +801,9 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr pointer)
                                                   : "not device memory");
     }
     free_allocation(it);
-    return CUDA_SUCCESS;
+    // A broken context answers every call with its fault, frees included (the emulator still
+    // releases the memory, so that leak accounting stays exact).
+    return current != nullptr && current->sticky != CUDA_SUCCESS ? current->sticky : CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuMemHostAlloc(void** pointer, size_t bytes, unsigned int flags)
@@ -616,6 +812,7 @@ EXPORT CUresult cuMemHostAlloc(void** pointer, size_t bytes, unsigned int flags)
     (void) flags;
     CHECK(check_context());
     if (pointer == nullptr || bytes == 0) return report(CUDA_ERROR_INVALID_VALUE, "cuMemHostAlloc of %zu bytes", bytes);
+    CHECK(injected_failure("cuMemHostAlloc"));
     void* block = std::aligned_alloc(4096, round_up(bytes, 4096));
     if (block == nullptr) return report(CUDA_ERROR_OUT_OF_MEMORY, "cuMemHostAlloc: host malloc of %zu bytes failed", bytes);
     host_allocations[reinterpret_cast<uintptr_t>(block)] = HostAllocation{bytes, current, next_serial++};
@@ -646,7 +843,8 @@ EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr destination, const void* source, siz
 {
     LOCKED;
     CHECK(check_context());
-    CHECK(flush());
+    CHECK(injected_failure("cuMemcpyHtoD"));
+    CHECK(synchronize_stream(nullptr));  // synchronous: on the legacy stream, after its barrier
     CHECK(check_device_range(destination, bytes, "cuMemcpyHtoD destination"));
     if (bytes > 0 && source == nullptr) return report(CUDA_ERROR_INVALID_VALUE, "cuMemcpyHtoD: null source");
     int status = CUDA_SUCCESS;
@@ -660,7 +858,8 @@ EXPORT CUresult cuMemcpyDtoH_v2(void* destination, CUdeviceptr source, size_t by
 {
     LOCKED;
     CHECK(check_context());
-    CHECK(flush());
+    CHECK(injected_failure("cuMemcpyDtoH"));
+    CHECK(synchronize_stream(nullptr));  // synchronous: on the legacy stream, after its barrier
     CHECK(check_device_range(source, bytes, "cuMemcpyDtoH source"));
     if (bytes > 0 && destination == nullptr) return report(CUDA_ERROR_INVALID_VALUE, "cuMemcpyDtoH: null destination");
     int status = CUDA_SUCCESS;
@@ -674,19 +873,21 @@ EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr destination, CUdeviceptr source, siz
 {
     LOCKED;
     CHECK(check_context());
-    CHECK(flush());
+    CHECK(synchronize_stream(nullptr));  // synchronous: on the legacy stream, after its barrier
     CHECK(check_device_range(destination, bytes, "cuMemcpyDtoD destination"));
     CHECK(check_device_range(source, bytes, "cuMemcpyDtoD source"));
     std::memmove(reinterpret_cast<void*>(destination), reinterpret_cast<const void*>(source), bytes);
     return CUDA_SUCCESS;
 }
 
-// An asynchronous copy from pinned memory is queued; from pageable memory the real driver
-// stages it before returning, so the emulator copies at once, after the work queued before it.
+// An asynchronous copy from pinned memory is queued and reads the host buffer when it runs;
+// from pageable memory the driver stages the bytes before returning (the host buffer may be
+// reused at once) and the device write still happens in stream order.
 EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr destination, const void* source, size_t bytes, CUstream stream)
 {
     LOCKED;
     CHECK(check_context());
+    CHECK(injected_failure("cuMemcpyHtoDAsync"));
     CHECK(check_stream(stream));
     CHECK(check_device_range(destination, bytes, "cuMemcpyHtoDAsync destination"));
     if (bytes > 0 && source == nullptr) return report(CUDA_ERROR_INVALID_VALUE, "cuMemcpyHtoDAsync: null source");
@@ -698,14 +899,19 @@ EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr destination, const void* source
         return CUDA_SUCCESS;
     };
     if (queued) return submit(stream, "cuMemcpyHtoDAsync", copy);
-    CHECK(flush());
-    return copy();
+    auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(source),
+                                                                static_cast<const unsigned char*>(source) + bytes);
+    return submit(stream, "cuMemcpyHtoDAsync (pageable)", [destination, staged]() {
+        std::memcpy(reinterpret_cast<void*>(destination), staged->data(), staged->size());
+        return CUDA_SUCCESS;
+    });
 }
 
 EXPORT CUresult cuMemcpyDtoHAsync_v2(void* destination, CUdeviceptr source, size_t bytes, CUstream stream)
 {
     LOCKED;
     CHECK(check_context());
+    CHECK(injected_failure("cuMemcpyDtoHAsync"));
     CHECK(check_stream(stream));
     CHECK(check_device_range(source, bytes, "cuMemcpyDtoHAsync source"));
     if (bytes > 0 && destination == nullptr) return report(CUDA_ERROR_INVALID_VALUE, "cuMemcpyDtoHAsync: null destination");
@@ -716,16 +922,16 @@ EXPORT CUresult cuMemcpyDtoHAsync_v2(void* destination, CUdeviceptr source, size
         std::memcpy(destination, reinterpret_cast<const void*>(source), bytes);
         return CUDA_SUCCESS;
     };
-    if (queued) return submit(stream, "cuMemcpyDtoHAsync", copy);
-    CHECK(flush());
-    return copy();
+    // To pageable memory the call returns only once the copy has run.
+    CHECK(submit(stream, queued ? "cuMemcpyDtoHAsync" : "cuMemcpyDtoHAsync (pageable)", copy));
+    return queued ? CUDA_SUCCESS : run_through(last_submitted());
 }
 
 EXPORT CUresult cuMemsetD8_v2(CUdeviceptr destination, unsigned char value, size_t count)
 {
     LOCKED;
     CHECK(check_context());
-    CHECK(flush());
+    CHECK(synchronize_stream(nullptr));
     CHECK(check_device_range(destination, count, "cuMemsetD8"));
     std::memset(reinterpret_cast<void*>(destination), value, count);
     return CUDA_SUCCESS;
@@ -741,7 +947,7 @@ EXPORT CUresult cuMemsetD32_v2(CUdeviceptr destination, unsigned int value, size
 {
     LOCKED;
     CHECK(check_context());
-    CHECK(flush());
+    CHECK(synchronize_stream(nullptr));
     if (destination % 4 != 0) return report(CUDA_ERROR_INVALID_VALUE, "cuMemsetD32: 0x%llx is not 4-byte aligned", destination);
     CHECK(check_device_range(destination, count * 4, "cuMemsetD32"));
     fill32(destination, value, count);
@@ -752,6 +958,7 @@ EXPORT CUresult cuMemsetD32Async(CUdeviceptr destination, unsigned int value, si
 {
     LOCKED;
     CHECK(check_context());
+    CHECK(injected_failure("cuMemsetD32Async"));
     if (destination % 4 != 0) return report(CUDA_ERROR_INVALID_VALUE, "cuMemsetD32Async: 0x%llx is not 4-byte aligned", destination);
     CHECK(check_device_range(destination, count * 4, "cuMemsetD32Async"));
     return submit(stream, "cuMemsetD32Async", [=]() {
@@ -760,30 +967,53 @@ EXPORT CUresult cuMemsetD32Async(CUdeviceptr destination, unsigned int value, si
     });
 }
 
-// Reads the PTX text: the ISA version and target a CUDA 12.0 driver on an sm_75 device accepts,
-// and every .entry with its parameter count, each of which must have a host implementation.
-EXPORT CUresult cuModuleLoadData(CUmodule* module, const void* image)
+namespace {
+
+// The byte size of a PTX .param declaration such as ".param .u64 name" or
+// ".param .align 8 .b8 name[16]"; 0 when the emulator does not understand it.
+size_t param_size(const std::string& declaration)
 {
-    LOCKED;
-    CHECK(check_context());
+    size_t bracket = declaration.find('[');
+    if (bracket != std::string::npos) return std::strtoul(declaration.c_str() + bracket + 1, nullptr, 10);
+    for (const char* type : {".u64", ".s64", ".b64", ".f64"}) if (declaration.find(type) != std::string::npos) return 8;
+    for (const char* type : {".u32", ".s32", ".b32", ".f32"}) if (declaration.find(type) != std::string::npos) return 4;
+    for (const char* type : {".u16", ".s16", ".b16", ".f16"}) if (declaration.find(type) != std::string::npos) return 2;
+    for (const char* type : {".u8", ".s8", ".b8"}) if (declaration.find(type) != std::string::npos) return 1;
+    return 0;
+}
+
+// Reads the PTX text: the ISA version and target a CUDA 12.0 driver on an sm_75 device accepts,
+// and every .entry with its parameters, each of which must have a host implementation taking
+// parameters of the same sizes (a C++ int where the PTX says .u64 would read garbage on a GPU).
+int load_module(CUmodule* module, const void* image, std::string* log)
+{
+    CHECK_OR_RETURN(check_context());
+    CHECK_OR_RETURN(injected_failure("cuModuleLoadData"));
     if (module == nullptr || image == nullptr) return report(CUDA_ERROR_INVALID_VALUE, "cuModuleLoadData: null argument");
     std::string ptx(static_cast<const char*>(image));
     int major = 0, minor = 0, target = 0;
     size_t at = ptx.find("\n.version ");
     if (ptx.rfind(".version ", 0) == 0) at = 0; else if (at != std::string::npos) at++;
+    auto fail = [log](int code, const std::string& message) {
+        *log = message;
+        return report(code, "%s", message.c_str());
+    };
     if (at == std::string::npos || std::sscanf(ptx.c_str() + at, ".version %d.%d", &major, &minor) != 2) {
-        return report(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: the image is not PTX text (no .version line)");
+        return fail(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: the image is not PTX text (no .version line)");
     }
+    char line[256];
     if (major > MAX_PTX_MAJOR || (major == MAX_PTX_MAJOR && minor > MAX_PTX_MINOR)) {
-        return report(CUDA_ERROR_UNSUPPORTED_PTX_VERSION, "PTX ISA %d.%d is newer than the %d.%d a CUDA 12.0 driver loads",
-                      major, minor, MAX_PTX_MAJOR, MAX_PTX_MINOR);
+        std::snprintf(line, sizeof line, "PTX ISA %d.%d is newer than the %d.%d a CUDA 12.0 driver loads", major, minor,
+                      MAX_PTX_MAJOR, MAX_PTX_MINOR);
+        return fail(CUDA_ERROR_UNSUPPORTED_PTX_VERSION, line);
     }
     size_t target_at = ptx.find(".target sm_");
     if (target_at == std::string::npos || std::sscanf(ptx.c_str() + target_at, ".target sm_%d", &target) != 1) {
-        return report(CUDA_ERROR_INVALID_PTX, "PTX has no .target sm_NN line");
+        return fail(CUDA_ERROR_INVALID_PTX, "PTX has no .target sm_NN line");
     }
     if (target > SM) {
-        return report(CUDA_ERROR_NO_BINARY_FOR_GPU, "PTX targets sm_%d, the emulated device is sm_%d", target, SM);
+        std::snprintf(line, sizeof line, "PTX targets sm_%d, the emulated device is sm_%d", target, SM);
+        return fail(CUDA_ERROR_NO_BINARY_FOR_GPU, line);
     }
     CUmodule loaded = new CUmod_st{current, {}};
     for (size_t pos = ptx.find(".entry "); pos != std::string::npos; pos = ptx.find(".entry ", pos + 1)) {
@@ -791,32 +1021,71 @@ EXPORT CUresult cuModuleLoadData(CUmodule* module, const void* image)
         size_t name_end = ptx.find_first_of("( \t\n", name_start);
         std::string name = ptx.substr(name_start, name_end - name_start);
         size_t open = ptx.find('(', name_end), close = ptx.find(')', name_end);
-        int params = 0;
-        for (size_t p = ptx.find(".param", open); open != std::string::npos && p < close; p = ptx.find(".param", p + 1)) params++;
-        const KernelInfo* kernel = find_kernel(name);
-        int status = CUDA_SUCCESS;
-        if (kernel == nullptr) {
-            status = report(CUDA_ERROR_NOT_SUPPORTED, "PTX kernel %s has no host implementation in the emulator "
-                            "(rebuild native/ from the same cuda/*.cu as the PTX)", name.c_str());
-        } else if (kernel->arity != params) {
-            status = report(CUDA_ERROR_INVALID_PTX, "PTX kernel %s takes %d parameters, the emulator's cuda/%s.cu takes %d: "
-                            "the PTX and native/build come from different sources", name.c_str(), params, name.c_str(), kernel->arity);
+        std::vector<size_t> sizes;
+        for (size_t p = ptx.find(".param", open); open != std::string::npos && p < close; p = ptx.find(".param", p + 1)) {
+            size_t end = std::min(ptx.find_first_of(",)", p), close);
+            sizes.push_back(param_size(ptx.substr(p, end - p)));
         }
-        if (status != CUDA_SUCCESS) {
+        const KernelInfo* kernel = find_kernel(name);
+        std::string problem;
+        if (kernel == nullptr) {
+            problem = "PTX kernel " + name + " has no host implementation in the emulator "
+                      "(rebuild native/ from the same cuda/*.cu as the PTX)";
+        } else if (kernel->param_sizes.size() != sizes.size()) {
+            problem = "PTX kernel " + name + " takes " + std::to_string(sizes.size()) + " parameters, the emulator's cuda/"
+                      + name + ".cu takes " + std::to_string(kernel->param_sizes.size())
+                      + ": the PTX and native/build come from different sources";
+        } else {
+            for (size_t k = 0; k < sizes.size() && problem.empty(); k++) {
+                if (sizes[k] != kernel->param_sizes[k]) {
+                    problem = "PTX kernel " + name + " parameter " + std::to_string(k) + " is " + std::to_string(sizes[k])
+                              + " bytes, the emulator's C++ signature has " + std::to_string(kernel->param_sizes[k]);
+                }
+            }
+        }
+        if (!problem.empty()) {
             for (auto& f : loaded->functions) delete f.second;
             delete loaded;
-            return status;
+            return fail(kernel == nullptr ? CUDA_ERROR_NOT_SUPPORTED : CUDA_ERROR_INVALID_PTX, problem);
         }
         loaded->functions[name] = new CUfunc_st{kernel, loaded};
     }
     if (loaded->functions.empty()) {
         delete loaded;
-        return report(CUDA_ERROR_INVALID_PTX, "PTX has no .entry kernels");
+        return fail(CUDA_ERROR_INVALID_PTX, "PTX has no .entry kernels");
     }
     for (auto& f : loaded->functions) functions.insert(f.second);
     modules.insert(loaded);
     *module = loaded;
     return CUDA_SUCCESS;
+}
+
+}  // namespace
+
+EXPORT CUresult cuModuleLoadData(CUmodule* module, const void* image)
+{
+    LOCKED;
+    std::string log;
+    return load_module(module, image, &log);
+}
+
+// The JIT options fedlora passes: an error log buffer and its size, which a real driver fills
+// with ptxas' complaint; the emulator writes its own refusal there.
+EXPORT CUresult cuModuleLoadDataEx(CUmodule* module, const void* image, unsigned int count, int* options, void** values)
+{
+    LOCKED;
+    std::string log;
+    int status = load_module(module, image, &log);
+    char* buffer = nullptr;
+    size_t size = 0;
+    for (unsigned int k = 0; k < count && options != nullptr && values != nullptr; k++) {
+        if (options[k] == CU_JIT_ERROR_LOG_BUFFER) buffer = static_cast<char*>(values[k]);
+        if (options[k] == CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES) size = reinterpret_cast<uintptr_t>(values[k]);
+    }
+    if (buffer != nullptr && size > 0) {
+        std::snprintf(buffer, size, "%s", log.c_str());
+    }
+    return status;
 }
 
 EXPORT CUresult cuModuleUnload(CUmodule module)
@@ -848,6 +1117,7 @@ EXPORT CUresult cuLaunchKernel(CUfunction function, unsigned int gridX, unsigned
 {
     LOCKED;
     CHECK(check_context());
+    CHECK(injected_failure("cuLaunchKernel"));
     if (functions.count(function) == 0) return report(CUDA_ERROR_INVALID_HANDLE, "cuLaunchKernel: not a function of a loaded module");
     const char* name = function->kernel->name;
     if (gridX == 0 || gridY == 0 || gridZ == 0 || blockX == 0 || blockY == 0 || blockZ == 0 || gridY > 65535 || gridZ > 65535
@@ -866,10 +1136,11 @@ EXPORT CUresult cuLaunchKernel(CUfunction function, unsigned int gridX, unsigned
 EXPORT CUresult cuStreamCreate(CUstream* stream, unsigned int flags)
 {
     LOCKED;
-    (void) flags;
     CHECK(check_context());
+    CHECK(injected_failure("cuStreamCreate"));
     if (stream == nullptr) return CUDA_ERROR_INVALID_VALUE;
-    *stream = new CUstream_st{current};
+    if (flags > 1) return report(CUDA_ERROR_INVALID_VALUE, "cuStreamCreate: flags %u (0 or CU_STREAM_NON_BLOCKING)", flags);
+    *stream = new CUstream_st{current, flags == 0, next_random()};
     streams.insert(*stream);
     return CUDA_SUCCESS;
 }
@@ -878,7 +1149,9 @@ EXPORT CUresult cuStreamDestroy_v2(CUstream stream)
 {
     LOCKED;
     if (streams.count(stream) == 0) return report(CUDA_ERROR_INVALID_HANDLE, "cuStreamDestroy: not a live stream");
-    flush();
+    // The driver lets queued work finish after the call returns; its results stay ordered.
+    run_until({tails[StreamKey{stream->context, stream}]});
+    tails.erase(StreamKey{stream->context, stream});
     streams.erase(stream);
     delete stream;
     return CUDA_SUCCESS;
@@ -889,11 +1162,11 @@ EXPORT CUresult cuStreamSynchronize(CUstream stream)
     LOCKED;
     CHECK(check_context());
     CHECK(check_stream(stream));
-    return flush();
+    return synchronize_stream(stream);
 }
 
-// Queued work runs in submission order, so an event recorded before this call has always
-// completed by the time later work on any stream runs: the wait needs no action.
+// Work queued on the stream after this call runs only after the work the event's last record
+// captured (an event never recorded: no wait).
 EXPORT CUresult cuStreamWaitEvent(CUstream stream, CUevent event, unsigned int flags)
 {
     LOCKED;
@@ -901,7 +1174,8 @@ EXPORT CUresult cuStreamWaitEvent(CUstream stream, CUevent event, unsigned int f
     CHECK(check_stream(stream));
     CHECK(check_event(event));
     if (flags != 0) return report(CUDA_ERROR_INVALID_VALUE, "cuStreamWaitEvent: flags must be 0");
-    return CUDA_SUCCESS;
+    CHECK(injected_failure("cuStreamWaitEvent"));
+    return submit_after(stream, "cuStreamWaitEvent", event->recorded, []() { return CUDA_SUCCESS; });
 }
 
 EXPORT CUresult cuEventCreate(CUevent* event, unsigned int flags)
@@ -909,8 +1183,9 @@ EXPORT CUresult cuEventCreate(CUevent* event, unsigned int flags)
     LOCKED;
     (void) flags;
     CHECK(check_context());
+    CHECK(injected_failure("cuEventCreate"));
     if (event == nullptr) return CUDA_ERROR_INVALID_VALUE;
-    *event = new CUevent_st{current};
+    *event = new CUevent_st{current, 0};
     events.insert(*event);
     return CUDA_SUCCESS;
 }
@@ -920,7 +1195,10 @@ EXPORT CUresult cuEventRecord(CUevent event, CUstream stream)
     LOCKED;
     CHECK(check_context());
     CHECK(check_event(event));
-    return submit(stream, "cuEventRecord", []() { return CUDA_SUCCESS; });
+    CHECK(injected_failure("cuEventRecord"));
+    CHECK(submit(stream, "cuEventRecord", []() { return CUDA_SUCCESS; }));
+    event->recorded = last_submitted();
+    return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuEventQuery(CUevent event)
@@ -928,7 +1206,8 @@ EXPORT CUresult cuEventQuery(CUevent event)
     LOCKED;
     CHECK(check_context());
     CHECK(check_event(event));
-    return flush();
+    CHECK(current->sticky);
+    return done(event->recorded) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 
 EXPORT CUresult cuEventSynchronize(CUevent event)
@@ -936,15 +1215,14 @@ EXPORT CUresult cuEventSynchronize(CUevent event)
     LOCKED;
     CHECK(check_context());
     CHECK(check_event(event));
-    return flush();
+    return run_through(event->recorded);
 }
 
 EXPORT CUresult cuEventDestroy_v2(CUevent event)
 {
     LOCKED;
     CHECK(check_event(event));
-    flush();
-    events.erase(event);
+    events.erase(event);  // work that records or waits for it keeps its place in the graph
     delete event;
     return CUDA_SUCCESS;
 }

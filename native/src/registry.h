@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace fedlora_emu {
 
@@ -18,7 +19,7 @@ struct Launch {
 
 struct KernelInfo {
     const char* name;
-    int arity;  // parameter count, checked against the PTX entry's .param list
+    std::vector<size_t> param_sizes;  // sizeof each C++ parameter, checked against the PTX entry's .param list
     std::function<int(const Launch&, void**)> launch;  // validates, copies the arguments, queues the grid
 };
 

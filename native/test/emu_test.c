@@ -106,6 +106,21 @@ int main(int argc, char** argv)
     FAILS_WITH(CUDA_ERROR_UNSUPPORTED_PTX_VERSION, cuModuleLoadData(&rejected, newer), "PTX ISA 9.0");
     const char* unknown = ".version 7.8\n.target sm_75\n.address_size 64\n.visible .entry fedlora_unknown(\n.param .u64 p\n)\n{\nret;\n}\n";
     FAILS_WITH(CUDA_ERROR_NOT_SUPPORTED, cuModuleLoadData(&rejected, unknown), "no host implementation");
+    /* A parameter whose PTX size differs from the C++ signature is refused, and the JIT log says why. */
+    char* narrowed = strdup(ptx);
+    char* entry = strstr(narrowed, ".entry fedlora_accumulate(");
+    EXPECT(entry != NULL, "no fedlora_accumulate in the PTX");
+    if (entry != NULL) {
+        char* first_param = strstr(entry, ".param .u64");
+        memcpy(first_param, ".param .u32", 11);
+        char log[256] = "";
+        int options[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+        void* values[] = {log, (void*) (size_t) sizeof log};
+        FAILS_WITH(CUDA_ERROR_INVALID_PTX, cuModuleLoadDataEx(&rejected, narrowed, 2, options, values),
+                   "parameter 0 is 4 bytes, the emulator's C++ signature has 8");
+        EXPECT(strstr(log, "parameter 0 is 4 bytes") != NULL, "JIT error log \"%s\"", log);
+    }
+    free(narrowed);
 
     /* A launch on a stream runs at the next synchronisation, from arguments copied at launch. */
     CUstream stream;
@@ -123,6 +138,57 @@ int main(int argc, char** argv)
     OK(cuMemcpyDtoHAsync_v2(pinned, sums, 12 * sizeof(float), stream));
     OK(cuStreamSynchronize(stream));
     for (int k = 0; k < 12; k++) EXPECT(pinned[k] == fmaf(0.5f, (float) k, fmaf(2.0f, (float) k, 0.0f)), "sums[%d] = %g", k, pinned[k]);
+
+    /* Streams are queues with recorded dependencies, and synchronisation runs only what it must. */
+    {
+        CUstream other, loose;
+        CUevent first, second, legacy;
+        OK(cuStreamCreate(&other, 0));
+        OK(cuStreamCreate(&loose, 1 /* CU_STREAM_NON_BLOCKING */));
+        OK(cuEventCreate(&first, 0));
+        OK(cuEventCreate(&second, 0));
+        OK(cuEventCreate(&legacy, 0));
+        OK(cuMemsetD32Async(sums, 0, 12, stream));
+        OK(cuEventRecord(first, stream));
+        OK(cuMemsetD32Async(src, 0, 12, other));
+        OK(cuEventRecord(second, other));
+        EXPECT(cuEventQuery(first) == CUDA_ERROR_NOT_READY, "queued work ran before anything waited for it");
+        OK(cuEventSynchronize(first));
+        EXPECT(cuEventQuery(second) == CUDA_ERROR_NOT_READY, "cuEventSynchronize ran work of an unrelated stream");
+        /* A wait makes the other stream's later work depend on the event's work. */
+        OK(cuMemsetD32Async(src, 0, 12, loose));
+        OK(cuEventRecord(first, loose));
+        OK(cuStreamWaitEvent(other, first, 0));
+        OK(cuEventRecord(second, other));
+        OK(cuEventSynchronize(second));
+        EXPECT(cuEventQuery(first) == CUDA_SUCCESS, "cuStreamWaitEvent did not order the streams");
+        /* The legacy stream waits for blocking streams, not for non-blocking ones. */
+        OK(cuMemsetD32Async(src, 0, 12, other));
+        OK(cuEventRecord(second, other));
+        OK(cuMemsetD32Async(src, 0, 12, loose));
+        OK(cuEventRecord(first, loose));
+        OK(cuMemsetD32Async(sums, 0, 12, NULL));
+        OK(cuEventRecord(legacy, NULL));
+        OK(cuEventSynchronize(legacy));
+        EXPECT(cuEventQuery(second) == CUDA_SUCCESS, "the legacy stream did not wait for a blocking stream");
+        EXPECT(cuEventQuery(first) == CUDA_ERROR_NOT_READY, "the legacy stream waited for a non-blocking stream");
+        OK(cuStreamSynchronize(loose));
+        OK(cuEventDestroy_v2(first));
+        OK(cuEventDestroy_v2(second));
+        OK(cuEventDestroy_v2(legacy));
+        OK(cuStreamDestroy_v2(other));
+        OK(cuStreamDestroy_v2(loose));
+    }
+
+    /* Failure injection: the nth next call fails once. */
+    fedlora_emu_fail("cuMemAlloc", 2);
+    CUdeviceptr injected;
+    OK(cuMemAlloc_v2(&injected, 4));
+    FAILS_WITH(CUDA_ERROR_UNKNOWN, cuMemAlloc_v2(&big, 4), "failure injected");
+    OK(cuMemFree_v2(injected));
+    EXPECT(fedlora_emu_fail("cuMemAlloc", 0) == 0, "the armed failure did not fire");
+    /* buffer, pinned, sums, src; the stream; the module */
+    EXPECT(fedlora_emu_live_objects() == 6, "live objects %d", fedlora_emu_live_objects());
 
     /* A host pointer as a kernel argument is refused at launch. */
     CUdeviceptr wild = (CUdeviceptr) (size_t) host;
@@ -153,8 +219,9 @@ int main(int argc, char** argv)
         OK(cuLaunchKernel(pad, 1, 1, 1, 4, 3, 1, 0, NULL, params, NULL));
     }
     FAILS_WITH(CUDA_ERROR_ILLEGAL_ADDRESS, cuCtxSynchronize(), "wrote out of bounds: up to 16 bytes past the end");
-    OK(cuMemFree_v2(sums));
-    OK(cuMemFree_v2(src));
+    /* The broken context answers frees with its fault too (and the memory is still released). */
+    EXPECT(cuMemFree_v2(sums) == CUDA_ERROR_ILLEGAL_ADDRESS, "free in a broken context did not report the fault");
+    EXPECT(cuMemFree_v2(src) == CUDA_ERROR_ILLEGAL_ADDRESS, "free in a broken context did not report the fault");
     OK(cuModuleUnload(module));
     OK(cuCtxDestroy_v2(context));
 

@@ -1,5 +1,7 @@
 package io.fedlora;
 
+import io.fedlora.io.InvalidFileException;
+import io.fedlora.io.Safetensors;
 import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Tensor;
 import java.io.IOException;
@@ -114,6 +116,35 @@ public final class Partial {
         doc.put("tensors", tensorList);
         doc.put("keyOrder", new ArrayList<Object>(keyOrder));
         return Map.of(METADATA_KEY, Json.write(doc, false));
+    }
+
+    /**
+     * This partial as bytes, to send to another JVM or store: a safetensors image
+     * ({@link io.fedlora.io.Safetensors#toBytes}) holding {@link #tensors()} and {@link #metadata()},
+     * so the whole policy, the client counts and the weights travel with the sums. Its size is
+     * one global adapter's float32 sums plus a header; {@link #fromBytes} reads it back.
+     *
+     * @throws IllegalArgumentException when the image does not fit one Java array (2 GB)
+     */
+    public byte[] toBytes() {
+        return Safetensors.toBytes(tensors(), metadata());
+    }
+
+    /**
+     * Reads a partial from {@link #toBytes()}'s bytes (a heap or native segment, e.g. a mapped
+     * file), refusing a malformed one whole as {@link #of} does; the sums are views into
+     * {@code bytes}, not copies, so {@code bytes} must stay alive while the partial is used.
+     *
+     * @throws IllegalArgumentException naming what is wrong: not a safetensors image, or not a well-formed partial
+     */
+    public static Partial fromBytes(MemorySegment bytes) {
+        Safetensors image;
+        try {
+            image = Safetensors.read(bytes, "partial");
+        } catch (InvalidFileException e) {
+            throw bad("not a safetensors image: " + e.problem());
+        }
+        return of(image.tensors(), image.metadata());
     }
 
     /**

@@ -4,11 +4,14 @@ import io.fedlora.Aggregator;
 import io.fedlora.tensor.DType;
 import io.fedlora.InvalidUpdateException;
 import io.fedlora.LoraScale;
+import io.fedlora.Round;
 import io.fedlora.ClientUpdate;
 import io.fedlora.Strategy;
 import io.fedlora.tensor.Tensor;
 import io.fedlora.io.InvalidFileException;
+import io.fedlora.io.AdapterConfig;
 import io.fedlora.io.PeftAdapter;
+import io.fedlora.io.TargetModules;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -47,8 +50,12 @@ final class AggregateCommand implements Callable<Integer> {
     Strategy strategy;
 
     @Option(names = "--weights", split = ",", paramLabel = "w1,w2,...",
-            description = "Client weights (e.g. sample counts) in the order of the CLIENT arguments; default uniform.")
+            description = "Client weights (e.g. sample counts) in the order of the clients; default uniform.")
     double[] weights;
+
+    @Option(names = "--weights-file", paramLabel = "FILE",
+            description = "Client weights, one number per line in the order of the clients (# comments allowed).")
+    Path weightsFile;
 
     @Option(names = "--rank", paramLabel = "R", defaultValue = "0",
             description = "Global rank; default the largest client rank of each module.")
@@ -64,13 +71,22 @@ final class AggregateCommand implements Callable<Integer> {
 
     @Option(names = "--scale", paramLabel = "none|fold", defaultValue = "none",
             converter = Options.ScaleConverter.class,
-            description = "none: average the factors as they are; fold: fold each client's lora_alpha/r "
-                    + "(or rsLoRA's /sqrt(r)) into B and write the global scale.")
+            description = "none: average the factors as they are (the output carries the clients' weighted mean "
+                    + "LoRA scale); fold: fold each client's lora_alpha/r (or rsLoRA's /sqrt(r)) into B and write "
+                    + "the first client's alpha at the global rank.")
     Options.Scale scale;
 
     @Option(names = "--allow-missing",
             description = "Average a module over the clients that have it, instead of failing.")
     boolean allowMissing;
+
+    @Option(names = "--force", description = "Replace an existing output adapter directory (as a whole).")
+    boolean force;
+
+    @Option(names = "--no-mmap", description = "Read each client into memory, one at a time, instead of "
+            + "memory-mapping them all: a file changed during the run is reported, never a crash; memory is the "
+            + "largest client plus the global adapter; costs a copy of every file.")
+    boolean noMmap;
 
     @Option(names = "--progress", description = "Show progress on stderr even when it is not a terminal.")
     boolean progress;
@@ -80,16 +96,34 @@ final class AggregateCommand implements Callable<Integer> {
     Path output;
 
     @Parameters(arity = "1..*", paramLabel = "CLIENT",
-            description = "Client adapters: PEFT directories or .safetensors files.")
-    List<Path> clients;
+            description = "Client adapters: PEFT directories, .safetensors files, directories of clients, "
+                    + "or @FILE, a list file of client paths (one per line).")
+    List<String> clientArguments;
 
     @Override
     public Integer call() throws IOException {
-        double[] w = checkedWeights(weights, clients.size(), spec);
         if (rank < 0) {
             throw new ParameterException(spec.commandLine(), "--rank must be at least 1 (or 0 for the largest client rank)");
         }
-        Job job = new Job(clients, w, strategy, rank, backend, dtype, scale == Options.Scale.FOLD, allowMissing, output);
+        checkRank(rank, spec);
+        if (weights != null && weightsFile != null) {
+            throw new ParameterException(spec.commandLine(), "give --weights or --weights-file, not both");
+        }
+        if (strategy == Strategy.NORM && (weights != null || weightsFile != null)) {
+            throw new ParameterException(spec.commandLine(), "--strategy norm weights each client by ||B A||_F "
+                    + "and does not take --weights; use zero or replication for data weights");
+        }
+        List<Path> clients = Inputs.expand(clientArguments, spec);
+        double[] w = checkedWeights(weightsFile != null ? readWeights(weightsFile) : weights, clients.size(), spec);
+        List<PeftAdapter.Location> locations = new ArrayList<>();
+        for (Path client : clients) {
+            locations.add(PeftAdapter.locate(client));
+        }
+        Inputs.check(locations, output, force, spec);
+        Job job = new Job(clients, w, strategy, rank, backend, dtype, scale == Options.Scale.FOLD, allowMissing,
+                output, force);
+        job.usage = spec;
+        job.mapped = !noMmap;
         Result result = job.run(Progress.of(main.err, progress, clients.size()));
         main.out.printf(Locale.ROOT, "%s: %d clients, %s, backend %s, global rank %d, %s in %.3f s (%.2f GB/s)%n",
                 output, result.clients(), strategy.name().toLowerCase(Locale.ROOT), result.backend(),
@@ -98,8 +132,44 @@ final class AggregateCommand implements Callable<Integer> {
         if (main.verbose || spec.commandLine().getParseResult().hasMatchedOption("--verbose")) {
             main.err.printf(Locale.ROOT, "fedlora: open %.3f s, aggregate %.3f s, write %.3f s%n",
                     result.openSeconds(), result.aggregateSeconds(), result.writeSeconds());
+            result.notes().forEach(note -> main.err.println("fedlora: " + note));
         }
         return Main.OK;
+    }
+
+    /** The largest rank accepted on the command line: more than any layer's width. */
+    static final int MAX_RANK = 1 << 20;
+
+    static void checkRank(int rank, CommandSpec spec) {
+        if (rank > MAX_RANK) {
+            throw new ParameterException(spec.commandLine(), "--rank " + rank + " is larger than any layer ("
+                    + "at most " + MAX_RANK + ")");
+        }
+    }
+
+    /** One weight per line; blank lines and # comments skipped. */
+    static double[] readWeights(Path file) throws IOException {
+        List<String> lines;
+        try {
+            lines = java.nio.file.Files.readAllLines(file);
+        } catch (java.nio.charset.MalformedInputException e) {
+            throw new InvalidFileException(file.toString(), "is not valid UTF-8 text");
+        } catch (java.nio.file.NoSuchFileException e) {
+            throw new InvalidFileException(file.toString(), "no such file");
+        }
+        List<Double> values = new ArrayList<>();
+        for (int n = 0; n < lines.size(); n++) {
+            String line = lines.get(n).strip();
+            if (line.isEmpty() || line.startsWith("#")) {
+                continue;
+            }
+            try {
+                values.add(Double.parseDouble(line));
+            } catch (NumberFormatException e) {
+                throw new InvalidFileException(file.toString(), "line " + (n + 1) + " ('" + line + "') is not a number");
+            }
+        }
+        return values.stream().mapToDouble(Double::doubleValue).toArray();
     }
 
     static double[] checkedWeights(double[] weights, int clients, CommandSpec spec) {
@@ -126,10 +196,17 @@ final class AggregateCommand implements Callable<Integer> {
         return weights.clone();
     }
 
-    /** What one aggregation did. */
+    /** What one aggregation did; notes are printed with --verbose. */
     record Result(int clients, int globalRank, String backend, long bytesRead, double seconds,
-            double openSeconds, double aggregateSeconds, double writeSeconds) {
+            double openSeconds, double aggregateSeconds, double writeSeconds, List<String> notes) {
     }
+
+    /** What the output's config needs of each client once its data is gone. */
+    record ClientInfo(AdapterConfig config, Map<String, Integer> ranks) {
+    }
+
+    /** A test seam: runs after every client is opened and before any is aggregated (--no-mmap: after each is read). */
+    static volatile java.util.function.Consumer<List<PeftAdapter>> afterOpen = open -> { };
 
     /**
      * One aggregation, file to file, shared by {@code aggregate} and {@code demo}. Every client
@@ -138,68 +215,226 @@ final class AggregateCommand implements Callable<Integer> {
      * once to check it, once to add it). Mapped pages are the page cache's, not the heap's, so
      * many large clients cost address space, not memory the JVM must hold.
      */
-    record Job(List<Path> clients, double[] weights, Strategy strategy, int rank, String backend, DType dtype,
-            boolean fold, boolean allowMissing, Path output) {
+    static final class Job {
+        final List<Path> clients;
+        final double[] weights;
+        final Strategy strategy;
+        final int rank;
+        final String backend;
+        final DType dtype;
+        final boolean fold;
+        final boolean allowMissing;
+        final Path output;
+        final boolean force;
+        /** Memory-map the clients (batch, each byte read once) or read them one at a time (--no-mmap). */
+        boolean mapped = true;
+        /** For usage errors found once the clients are open (a --rank too large for memory); may be null. */
+        CommandSpec usage;
+
+        Job(List<Path> clients, double[] weights, Strategy strategy, int rank, String backend, DType dtype,
+                boolean fold, boolean allowMissing, Path output, boolean force) {
+            this.clients = clients;
+            this.weights = weights;
+            this.strategy = strategy;
+            this.rank = rank;
+            this.backend = backend;
+            this.dtype = dtype;
+            this.fold = fold;
+            this.allowMissing = allowMissing;
+            this.output = output;
+            this.force = force;
+        }
 
         Result run(Progress progress) throws IOException {
             long start = System.nanoTime();
             Map<String, Path> fileOf = new HashMap<>();
             Map<Path, Set<String>> keysOf = new LinkedHashMap<>();
             List<PeftAdapter> open = new ArrayList<>();
+            List<ClientInfo> infos = new ArrayList<>();
+            Map<String, long[]> features = new LinkedHashMap<>();
+            List<String> notes = new ArrayList<>();
             String backendName;
             Map<String, Tensor> global;
+            Map<String, String> firstMetadata = null;
+            LoraScale foldScale = null;
             long bytes = 0;
+            long opened;
+            Aggregator aggregator = null;
+            Round round = null;
             try {
                 List<ClientUpdate> updates = new ArrayList<>();
                 for (int k = 0; k < clients.size(); k++) {
                     Path path = clients.get(k);
                     String id = path.toString();
-                    PeftAdapter adapter = PeftAdapter.open(path);
+                    PeftAdapter adapter = PeftAdapter.open(path, mapped);
                     open.add(adapter);
                     if (fold && adapter.config() == null) {
                         throw new InvalidFileException(id, "--scale fold needs lora_alpha, but there is no "
                                 + PeftAdapter.CONFIG + " for this adapter");
                     }
-                    if (progress.enabled()) {
+                    if (progress.enabled() && mapped) {
                         // Bring the file in now, so that the progress shows the reading as it happens.
-                        adapter.load();
+                        readingGuardRun(open, adapter::load);
                     }
                     fileOf.put(id, path);
                     keysOf.put(path, Set.copyOf(adapter.tensors().keySet()));
-                    updates.add(adapter.toUpdate(id, weights[k]));
+                    infos.add(new ClientInfo(adapter.config(), PeftAdapter.moduleRanks(adapter.tensors())));
+                    features.putAll(PeftAdapter.moduleFeatures(adapter.tensors()));
+                    if (k == 0) {
+                        firstMetadata = new LinkedHashMap<>(adapter.metadata());
+                        foldScale = fold ? adapter.config().scale() : null;
+                    }
+                    ClientUpdate update = adapter.toUpdate(id, weights[k]);
+                    if (mapped) {
+                        updates.add(update);
+                    } else {
+                        // One client in memory at a time: read, check, add, free.
+                        checkOutputSize(features);
+                        if (round == null) {
+                            aggregator = aggregator(foldScale);
+                            round = aggregator.newRound();
+                        }
+                        afterOpen.accept(List.of(adapter));
+                        checkUnchanged(open);
+                        round.add(update);
+                        open.remove(adapter);
+                        adapter.close();
+                    }
                     bytes += adapter.byteSize();
                     progress.update(k + 1, bytes);
                 }
                 progress.done();
-                long opened = System.nanoTime();
-                try (Aggregator aggregator = aggregator(open.get(0))) {
-                    backendName = aggregator.backendName();
-                    global = aggregator.aggregate(updates);
-                } catch (IllegalArgumentException e) {
-                    if (e instanceof InvalidUpdateException || allowMissing) {
+                opened = System.nanoTime();
+                if (mapped) {
+                    checkOutputSize(features);
+                    afterOpen.accept(open);
+                    opened = System.nanoTime();
+                    try (Aggregator batch = aggregator(foldScale)) {
+                        backendName = batch.backendName();
+                        global = readingGuard(open, () -> batch.aggregate(updates));
+                    } catch (IllegalArgumentException e) {
+                        if (e instanceof InvalidUpdateException || allowMissing) {
+                            throw e;
+                        }
+                        // The facade names a tensor that only some clients have, not who lacks it.
+                        checkPresence(keysOf);
                         throw e;
                     }
-                    // The facade names a tensor that only some clients have, not who lacks it.
-                    checkPresence(keysOf);
-                    throw e;
+                    // A file changed under the mapping may read as zeros without any fault (the tail
+                    // of its last page): refuse what was computed from it.
+                    checkUnchanged(open);
+                } else {
+                    backendName = aggregator.backendName();
+                    global = round.finish();
                 }
                 long aggregated = System.nanoTime();
-                int globalRank = rank > 0 ? rank : PeftAdapter.moduleRanks(global).values().stream()
+                Map<String, Integer> outRanks = PeftAdapter.moduleRanks(global);
+                int globalRank = rank > 0 ? rank : outRanks.values().stream()
                         .mapToInt(Integer::intValue).max().orElse(1);
-                PeftAdapter first = open.get(0);
-                PeftAdapter.write(output, global, dtype, first.config(), first.metadata(), globalRank);
+                AdapterConfig config = outputConfig(infos, foldScale, globalRank, outRanks, notes);
+                Map<String, Tensor> written = global;
+                Map<String, String> metadata = firstMetadata;
+                readingGuard(open, () -> {
+                    PeftAdapter.write(output, output.toString(), force, written, dtype, config, metadata);
+                    return null;
+                });
                 long end = System.nanoTime();
                 return new Result(clients.size(), globalRank, backendName, bytes, (end - start) / 1e9,
-                        (opened - start) / 1e9, (aggregated - opened) / 1e9, (end - aggregated) / 1e9);
+                        (opened - start) / 1e9, (aggregated - opened) / 1e9, (end - aggregated) / 1e9, notes);
             } catch (InvalidUpdateException e) {
                 throw clientFailure(e, fileOf);
             } finally {
                 progress.done();
                 open.forEach(PeftAdapter::close);
+                if (round != null) {
+                    round.close();
+                }
+                if (aggregator != null) {
+                    aggregator.close();
+                }
             }
         }
 
-        private Aggregator aggregator(PeftAdapter first) throws InvalidFileException {
+        /**
+         * The output's config (issue 9, README "What the output's scale means"): PEFT must apply,
+         * per module, the scale the arithmetic assumed. Folded: the global scale the facade
+         * divided B by. Not folded: the owning clients' weighted mean scale (each at its own
+         * rank); a client without a config has no known scale and does not count, and with no
+         * config at all the output carries scale 1.
+         */
+        private AdapterConfig outputConfig(List<ClientInfo> open, LoraScale foldScale, int globalRank,
+                Map<String, Integer> outRanks, List<String> notes) {
+            AdapterConfig base = null;
+            List<Object> targets = new ArrayList<>();
+            for (ClientInfo a : open) {
+                if (a.config() != null) {
+                    base = base == null ? a.config() : base;
+                    targets.add(a.config().targetModules());
+                }
+            }
+            Map<String, Double> scales = new LinkedHashMap<>();
+            List<Map<String, Integer>> clientRanks = new ArrayList<>();
+            for (ClientInfo a : open) {
+                clientRanks.add(a.ranks());
+            }
+            for (var e : outRanks.entrySet()) {
+                String module = e.getKey();
+                if (foldScale != null) {
+                    scales.put(module, foldScale.of(io.fedlora.PeftKeys.BASE_MODEL_PREFIX + module, e.getValue()));
+                    continue;
+                }
+                double sum = 0, total = 0, low = Double.POSITIVE_INFINITY, high = 0;
+                for (int k = 0; k < open.size(); k++) {
+                    AdapterConfig c = open.get(k).config();
+                    Integer r = clientRanks.get(k).get(module);
+                    if (c == null || r == null) {
+                        continue;
+                    }
+                    double s = c.scaleFor(module, r);
+                    sum += weights[k] * s;
+                    total += weights[k];
+                    low = Math.min(low, s);
+                    high = Math.max(high, s);
+                }
+                scales.put(module, total > 0 ? sum / total : 1.0);
+                if (total > 0 && low != high && notes.isEmpty()) {
+                    notes.add(String.format(Locale.ROOT, "the clients' LoRA scales differ (module %s: %.4g to %.4g); "
+                            + "the output carries their weighted mean; --scale fold keeps each client's", module, low, high));
+                }
+            }
+            boolean rsLora = base != null && base.useRslora();
+            return AdapterConfig.forOutput(base, globalRank, outRanks, scales, rsLora,
+                    targets.isEmpty() ? null : TargetModules.union(targets));
+        }
+
+        /** A global rank the output cannot hold is a usage error, found before anything is allocated. */
+        private void checkOutputSize(Map<String, long[]> features) {
+            if (rank == 0) {
+                return;
+            }
+            long floats = 0;
+            for (var e : features.entrySet()) {
+                long in = e.getValue()[0], out = e.getValue()[1];
+                if ((long) rank * in > Integer.MAX_VALUE - 8 || (long) rank * out > Integer.MAX_VALUE - 8) {
+                    throw usageError("--rank " + rank + " is too large for module " + e.getKey() + " (" + rank + " x "
+                            + Math.max(in, out) + " values do not fit one array)");
+                }
+                floats += (long) rank * (in + out);
+            }
+            long bytes = floats * Float.BYTES;
+            long heap = Runtime.getRuntime().maxMemory();
+            if (bytes > heap) {
+                throw usageError(String.format(Locale.ROOT, "--rank %d: the global adapter would take %s, more than "
+                        + "the JVM's %s heap (FEDLORA_JAVA_OPTS=-Xmx... gives it more)", rank, Progress.bytes(bytes),
+                        Progress.bytes(heap)));
+            }
+        }
+
+        private RuntimeException usageError(String message) {
+            return usage != null ? new ParameterException(usage.commandLine(), message) : new IllegalArgumentException(message);
+        }
+
+        private Aggregator aggregator(LoraScale foldScale) {
             Aggregator.Builder builder = Aggregator.builder()
                     .strategy(strategy)
                     .globalRank(rank)
@@ -207,8 +442,8 @@ final class AggregateCommand implements Callable<Integer> {
             if (!backend.equals("auto")) {
                 builder.backend(backend);
             }
-            if (fold) {
-                builder.foldScale(globalScale(first));
+            if (foldScale != null) {
+                builder.foldScale(foldScale);
             }
             return builder.build();
         }
@@ -231,15 +466,59 @@ final class AggregateCommand implements Callable<Integer> {
                 }
             }
         }
+    }
 
-        /** The scale the output adapter will have under PEFT: the first client's alpha over the global rank. */
-        private static LoraScale globalScale(PeftAdapter first) throws InvalidFileException {
-            if (first.config() == null) {
-                throw new InvalidFileException(first.source().toString(), "--scale fold needs lora_alpha, but there is no "
-                        + PeftAdapter.CONFIG + " for this adapter");
+    /** Refuses the run if an input changed (size or modification time) since it was opened. */
+    static void checkUnchanged(List<PeftAdapter> open) throws InvalidFileException {
+        for (PeftAdapter a : open) {
+            String change = a.changeSinceOpen();
+            if (change != null) {
+                throw new InvalidFileException(a.weightsFile().toString(), change + "; nothing was written");
             }
-            return first.config().scale();
         }
+    }
+
+    interface Reading<T> {
+        T run() throws IOException;
+    }
+
+    /**
+     * Runs code that reads the mapped inputs, turning the JVM's report of an I/O fault on a
+     * mapping (an {@link InternalError}, e.g. a file truncated while it is read) into an error that
+     * names the file that changed.
+     */
+    static <T> T readingGuard(List<PeftAdapter> open, Reading<T> reading) throws IOException {
+        try {
+            return reading.run();
+        } catch (InternalError | RuntimeException e) {
+            if (!(e instanceof InternalError) && !(rootCause(e) instanceof InternalError)) {
+                throw e;
+            }
+            for (PeftAdapter a : open) {
+                String change = a.changeSinceOpen();
+                if (change != null) {
+                    throw new InvalidFileException(a.weightsFile().toString(), change
+                            + " (an I/O fault while reading the mapped file)", e);
+                }
+            }
+            throw new Main.ClientFailure("an I/O fault while reading the " + open.size() + " mapped input files, none "
+                    + "of which changed size (a disk error, or a file changed on a network file system)", e);
+        }
+    }
+
+    static void readingGuardRun(List<PeftAdapter> open, Runnable reading) throws IOException {
+        readingGuard(open, () -> {
+            reading.run();
+            return null;
+        });
+    }
+
+    private static Throwable rootCause(Throwable e) {
+        Throwable t = e;
+        for (int depth = 0; t.getCause() != null && depth < 20; depth++) {
+            t = t.getCause();
+        }
+        return t;
     }
 
     /** Names the file behind a client the facade rejected. */

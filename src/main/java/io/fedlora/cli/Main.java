@@ -2,6 +2,7 @@ package io.fedlora.cli;
 
 import io.fedlora.InvalidUpdateException;
 import io.fedlora.io.InvalidFileException;
+import io.fedlora.io.OutputDir;
 import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.nio.file.AccessDeniedException;
@@ -50,13 +51,24 @@ public final class Main implements Runnable {
     }
 
     public static void main(String[] args) {
-        // The command prints its own summary (backend included); the library's INFO lines, such
-        // as why the CUDA probe failed, are noise on a command line unless asked for with --verbose.
+        quietUnlessVerbose(args);
+        // SIGINT and SIGTERM run the shutdown hooks: remove what this run was writing (issue 9).
+        Runtime.getRuntime().addShutdownHook(new Thread(OutputDir::abortAll, "fedlora-cleanup"));
+        System.exit(run(args, System.out, System.err));
+    }
+
+    /**
+     * A successful run prints its summary and nothing else (issue 9): the library's log lines
+     * (which backend, why CUDA was skipped, a fallback warning) only with --verbose. Errors are
+     * this class's one-line messages, not log lines.
+     */
+    static void quietUnlessVerbose(String[] args) {
         if (!java.util.Arrays.asList(args).contains("--verbose")) {
             System.setProperty("org.slf4j.simpleLogger.defaultLogLevel",
-                    System.getProperty("org.slf4j.simpleLogger.defaultLogLevel", "warn"));
+                    System.getProperty("org.slf4j.simpleLogger.defaultLogLevel", "error"));
+            System.setProperty(io.fedlora.kernels.Log.QUIET_PROPERTY,
+                    System.getProperty(io.fedlora.kernels.Log.QUIET_PROPERTY, "true"));
         }
-        System.exit(run(args, System.out, System.err));
     }
 
     /** Runs the command line and returns its exit status; never calls System.exit. */
@@ -65,6 +77,9 @@ public final class Main implements Runnable {
         cli.setOut(new PrintWriter(out, true));
         cli.setErr(new PrintWriter(err, true));
         cli.setExitCodeExceptionMapper(e -> FAILURE);
+        // @FILE client lists are read by the aggregate command itself, so that '@' has one meaning
+        // (a list of client paths) and a client whose name starts with '@' is written ./@name.
+        cli.setExpandAtFiles(false);
         cli.setParameterExceptionHandler((e, arguments) -> {
             err.println("fedlora: " + oneLine(e.getMessage()));
             CommandLine failed = e.getCommandLine();
@@ -109,7 +124,7 @@ public final class Main implements Runnable {
             case AccessDeniedException f -> f.getFile() + ": permission denied";
             case FileSystemException f -> f.getFile() + ": " + (f.getReason() != null ? f.getReason() : f.getClass().getSimpleName());
             case InvalidUpdateException u -> u.getMessage();
-            case OutOfMemoryError o -> "out of memory (" + o.getMessage() + "); give the JVM more heap, e.g. JAVA_OPTS=-Xmx16g";
+            case OutOfMemoryError o -> "out of memory (" + o.getMessage() + "); give the JVM more heap, e.g. FEDLORA_JAVA_OPTS=-Xmx16g bin/fedlora ...";
             case IllegalArgumentException x -> x.getMessage();
             case UnsupportedOperationException x -> x.getMessage();
             case IllegalStateException x -> x.getMessage();

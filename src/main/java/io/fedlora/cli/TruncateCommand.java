@@ -3,11 +3,13 @@ package io.fedlora.cli;
 import io.fedlora.Aggregator;
 import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Tensor;
+import io.fedlora.io.AdapterConfig;
 import io.fedlora.io.InvalidFileException;
 import io.fedlora.io.PeftAdapter;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
@@ -39,6 +41,9 @@ final class TruncateCommand implements Callable<Integer> {
             description = "Element type of the output (default: that of the input).")
     DType dtype;
 
+    @Option(names = "--force", description = "Replace an existing output adapter directory (as a whole).")
+    boolean force;
+
     @Option(names = {"-o", "--output"}, required = true, paramLabel = "OUT_DIR",
             description = "Output PEFT adapter directory.")
     Path output;
@@ -51,11 +56,14 @@ final class TruncateCommand implements Callable<Integer> {
         if (rank < 1) {
             throw new ParameterException(spec.commandLine(), "--rank must be at least 1");
         }
+        AggregateCommand.checkRank(rank, spec);
+        Inputs.check(List.of(PeftAdapter.locate(global)), output, force, spec);
         try (PeftAdapter adapter = PeftAdapter.open(global)) {
+            List<PeftAdapter> open = List.of(adapter);
             Map<String, Tensor> input = adapter.tensors();
             Map<String, Tensor> cut;
             try {
-                cut = Aggregator.truncate(input, rank);
+                cut = AggregateCommand.readingGuard(open, () -> Aggregator.truncate(input, rank));
             } catch (IllegalArgumentException e) {
                 throw new InvalidFileException(global.toString(), e.getMessage(), e);
             }
@@ -65,9 +73,29 @@ final class TruncateCommand implements Callable<Integer> {
                 Tensor in = input.get(key);
                 typed.put(key, dtype != null || in == null ? t : t.to(in.dtype()));
             });
-            PeftAdapter.write(output, typed, dtype, adapter.config(), adapter.metadata(), rank);
+            AdapterConfig config = outputConfig(adapter.config(), PeftAdapter.moduleRanks(input),
+                    PeftAdapter.moduleRanks(typed));
+            AggregateCommand.checkUnchanged(open);
+            AggregateCommand.readingGuard(open, () -> {
+                PeftAdapter.write(output, output.toString(), force, typed, dtype, config, adapter.metadata());
+                return null;
+            });
         }
         main.out.println(output + ": rank " + rank + " cut of " + global);
         return Main.OK;
+    }
+
+    /**
+     * Keeps every kept component's scale (issue 9): a module of rank r with scale s (PEFT's
+     * alpha / r or alpha / sqrt(r)) is written at rank r' with the same s, i.e.
+     * alpha' = alpha r' / r (rsLoRA: alpha sqrt(r' / r)), per module through alpha_pattern where
+     * modules differ. An input without a config has no known scale; the output carries scale 1.
+     */
+    static AdapterConfig outputConfig(AdapterConfig base, Map<String, Integer> inRanks, Map<String, Integer> outRanks) {
+        Map<String, Double> scales = new LinkedHashMap<>();
+        outRanks.forEach((module, r) -> scales.put(module,
+                base == null ? 1.0 : base.scaleFor(module, inRanks.get(module))));
+        int globalRank = outRanks.values().stream().mapToInt(Integer::intValue).max().orElse(1);
+        return AdapterConfig.forOutput(base, globalRank, outRanks, scales, base != null && base.useRslora(), null);
     }
 }

@@ -6,20 +6,22 @@ import io.fedlora.PeftKeys;
 import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Tensor;
 import java.io.IOException;
+import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.FileSystemException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.attribute.BasicFileAttributes;
+import java.nio.file.attribute.FileTime;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
-import java.util.Comparator;
-import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.ThreadLocalRandom;
-import java.util.stream.Stream;
 
 /**
  * A HuggingFace PEFT LoRA adapter on disk: a directory holding {@code adapter_model.safetensors}
@@ -35,17 +37,111 @@ public final class PeftAdapter implements AutoCloseable {
     public static final String WEIGHTS = "adapter_model.safetensors";
     public static final String CONFIG = "adapter_config.json";
 
-    /** The prefix PeftModel puts before the base model's module names in saved keys. */
 
 
     private final Path source;
+    private final Path weightsFile;
     private final Safetensors weights;
     private final AdapterConfig config;
+    /** For an adapter {@linkplain #read read from memory}: the name the caller gave it (null for files). */
+    private String name;
 
-    private PeftAdapter(Path source, Safetensors weights, AdapterConfig config) {
+    private final FileTime modifiedAtOpen;
+
+    private PeftAdapter(Path source, Path weightsFile, Safetensors weights, AdapterConfig config, FileTime modifiedAtOpen) {
+        this.modifiedAtOpen = modifiedAtOpen;
         this.source = source;
+        this.weightsFile = weightsFile;
         this.weights = weights;
         this.config = config;
+    }
+
+    /** Where a client's files are: the weights file, and the config beside it (null when there is none). */
+    public record Location(Path client, Path weights, Path config) {
+    }
+
+    /**
+     * Finds a client's files without reading them: {@code client} is a PEFT directory or a bare
+     * safetensors file. Everything that is not a readable regular file where one is needed is
+     * reported as what it is (a directory, a FIFO, a dangling link, a link loop).
+     *
+     * @throws InvalidFileException naming the file and the problem
+     */
+    public static Location locate(Path client) throws InvalidFileException {
+        BasicFileAttributes attributes = attributes(client, client.toString());
+        if (attributes.isDirectory()) {
+            Path weights = client.resolve(WEIGHTS);
+            if (!Files.exists(weights, LinkOption.NOFOLLOW_LINKS)) {
+                String hint = Files.exists(client.resolve("adapter_model.bin"))
+                        ? " (only adapter_model.bin, a pickle: save the adapter with safe_serialization=True)" : "";
+                throw new InvalidFileException(client.toString(), "no " + WEIGHTS + " in this directory" + hint);
+            }
+            checkRegularFile(weights);
+            Path config = client.resolve(CONFIG);
+            return new Location(client, weights, Files.exists(config, LinkOption.NOFOLLOW_LINKS) ? checkRegularFile(config) : null);
+        }
+        checkRegularFile(client);
+        Path config = client.getParent() == null ? Path.of(CONFIG) : client.getParent().resolve(CONFIG);
+        return new Location(client, client, Files.exists(config, LinkOption.NOFOLLOW_LINKS) ? checkRegularFile(config) : null);
+    }
+
+    /** The attributes of {@code path} through links, with a link that leads nowhere reported as such. */
+    private static BasicFileAttributes attributes(Path path, String display) throws InvalidFileException {
+        try {
+            return Files.readAttributes(path, BasicFileAttributes.class);
+        } catch (NoSuchFileException e) {
+            if (Files.isSymbolicLink(path)) {
+                String to;
+                try {
+                    to = Files.readSymbolicLink(path).toString();
+                } catch (IOException unreadable) {
+                    to = "?";
+                }
+                throw new InvalidFileException(display, "is a symbolic link to " + to + ", which does not exist", e);
+            }
+            throw new InvalidFileException(display, "no such file or directory", e);
+        } catch (AccessDeniedException e) {
+            throw new InvalidFileException(display, "permission denied", e);
+        } catch (FileSystemException e) {
+            String reason = e.getReason() == null ? "" : e.getReason();
+            if (reason.contains("symbolic links")) {
+                throw new InvalidFileException(display, "is a symbolic link loop (" + reason + ")", e);
+            }
+            throw new InvalidFileException(display, "cannot read: " + Messages.reason(e), e);
+        } catch (IOException e) {
+            throw new InvalidFileException(display, "cannot read: " + Messages.reason(e), e);
+        }
+    }
+
+    /** {@code file} if it is a readable regular file (through links); else what it is. */
+    static Path checkRegularFile(Path file) throws InvalidFileException {
+        String display = file.toString();
+        BasicFileAttributes attributes = attributes(file, display);
+        if (attributes.isDirectory()) {
+            throw new InvalidFileException(display, "is a directory, not a file");
+        }
+        if (!attributes.isRegularFile()) {
+            throw new InvalidFileException(display, "is " + specialKind(file) + ", not a regular file");
+        }
+        if (!Files.isReadable(file)) {
+            throw new InvalidFileException(display, "permission denied");
+        }
+        return file;
+    }
+
+    private static String specialKind(Path file) {
+        try {
+            int type = ((Integer) Files.getAttribute(file, "unix:mode")) & 0170000;
+            return switch (type) {
+                case 0010000 -> "a FIFO (named pipe)";
+                case 0140000 -> "a socket";
+                case 0020000 -> "a character device";
+                case 0060000 -> "a block device";
+                default -> "a special file";
+            };
+        } catch (IOException | RuntimeException e) {
+            return "a special file (FIFO, socket or device)";
+        }
     }
 
     /**
@@ -54,40 +150,84 @@ public final class PeftAdapter implements AutoCloseable {
      * @throws InvalidFileException naming the file and the problem
      */
     public static PeftAdapter open(Path path) throws IOException {
-        Path weightsFile;
-        Path configFile;
-        if (Files.isDirectory(path)) {
-            weightsFile = path.resolve(WEIGHTS);
-            configFile = path.resolve(CONFIG);
-            if (!Files.isRegularFile(weightsFile)) {
-                String hint = Files.exists(path.resolve("adapter_model.bin"))
-                        ? " (only adapter_model.bin, a pickle: save the adapter with safe_serialization=True)" : "";
-                throw new InvalidFileException(path.toString(), "no " + WEIGHTS + " in this directory" + hint);
-            }
-        } else if (Files.isRegularFile(path)) {
-            weightsFile = path;
-            Path parent = path.toAbsolutePath().getParent();
-            configFile = parent == null ? null : parent.resolve(CONFIG);
-        } else {
-            throw new InvalidFileException(path.toString(), Files.exists(path)
-                    ? "is neither a directory nor a regular file" : "no such file or directory");
+        return open(path, true);
+    }
+
+    /**
+     * Opens a PEFT adapter directory or a bare safetensors file, memory-mapped ({@code mapped}) or
+     * read into memory of its own ({@link Safetensors#readCopy}).
+     */
+    public static PeftAdapter open(Path path, boolean mapped) throws IOException {
+        Location location = locate(path);
+        AdapterConfig config = location.config() != null ? AdapterConfig.read(location.config()) : null;
+        Path weightsFile = location.weights();
+        FileTime modified;
+        try {
+            modified = Files.getLastModifiedTime(weightsFile);
+        } catch (IOException e) {
+            throw new InvalidFileException(weightsFile.toString(), "cannot read: " + Messages.reason(e), e);
         }
-        AdapterConfig config = configFile != null && Files.isRegularFile(configFile)
-                ? AdapterConfig.read(configFile) : null;
-        Safetensors weights = Safetensors.open(weightsFile);
+        Safetensors weights = mapped ? Safetensors.open(weightsFile) : Safetensors.readCopy(weightsFile);
         try {
             if (moduleRanks(weights.tensors()).isEmpty()) {
                 throw new InvalidFileException(weightsFile.toString(),
                         "no LoRA factors (no key ends in .lora_A.weight or .lora_B.weight)");
             }
-            return new PeftAdapter(path, weights, config);
+            return new PeftAdapter(path, weightsFile, weights, config, modified);
         } catch (Throwable t) {
             weights.close();
             throw t;
         }
     }
 
-    /** The directory or file this adapter was opened from. */
+    /**
+     * After an I/O fault while reading the mapped file: what changed about it since it was
+     * opened ("shrank from N to M bytes", "was removed"), or null if nothing visible did.
+     */
+    public String changeSinceOpen() {
+        if (weightsFile == null) {
+            return null; // read from memory: no file to change
+        }
+        try {
+            long now = Files.size(weightsFile);
+            if (now != weights.byteSize()) {
+                return "changed while being read: it was " + weights.byteSize() + " bytes and is now " + now;
+            }
+            FileTime modified = Files.getLastModifiedTime(weightsFile);
+            return modified.equals(modifiedAtOpen) ? null : "changed while being read: modified at " + modified;
+        } catch (IOException e) {
+            return "changed while being read: " + Messages.reason(e);
+        }
+    }
+
+    /** The safetensors file of this adapter. */
+    public Path weightsFile() {
+        return weightsFile;
+    }
+
+    /**
+     * A PEFT adapter held in memory, e.g. fetched from object storage: {@code weights} is a whole
+     * {@code adapter_model.safetensors} (heap or native; the tensors are views into it, so it must
+     * outlive the adapter) and {@code config} the bytes of its {@code adapter_config.json}, or null
+     * when it has none. {@code source} names the adapter (a URI, say) in error messages and in
+     * {@link #toUpdate}; the two parts are named {@code source/adapter_model.safetensors} and
+     * {@code source/adapter_config.json}. {@link #source()} is null for such an adapter.
+     *
+     * @throws InvalidFileException naming the part and the problem, as {@link #open} does
+     */
+    public static PeftAdapter read(MemorySegment weights, byte[] config, String source) throws InvalidFileException {
+        AdapterConfig parsed = config == null ? null : AdapterConfig.parse(config, source + "/" + CONFIG);
+        String weightsName = source + "/" + WEIGHTS;
+        Safetensors tensors = Safetensors.read(weights, weightsName);
+        if (moduleRanks(tensors.tensors()).isEmpty()) {
+            throw new InvalidFileException(weightsName, "no LoRA factors (no key ends in .lora_A.weight or .lora_B.weight)");
+        }
+        PeftAdapter adapter = new PeftAdapter(null, null, tensors, parsed, null);
+        adapter.name = source;
+        return adapter;
+    }
+
+    /** The directory or file this adapter was opened from; null for one {@linkplain #read read from memory}. */
     public Path source() {
         return source;
     }
@@ -114,7 +254,7 @@ public final class PeftAdapter implements AutoCloseable {
 
     /** A client update over this adapter's tensors, with PEFT's scale when the config is known. */
     public ClientUpdate toUpdate(String clientId, double weight) {
-        ClientUpdate update = ClientUpdate.of(clientId, weight, tensors()).withSource(source.toString());
+        ClientUpdate update = ClientUpdate.of(clientId, weight, tensors()).withSource(name != null ? name : source.toString());
         return config == null ? update : update.withScale(config.scale());
     }
 
@@ -161,73 +301,101 @@ public final class PeftAdapter implements AutoCloseable {
         return ranks;
     }
 
+    /** In and out features of each LoRA module (base-model name -> {in, out}), from the A and B shapes. */
+    public static Map<String, long[]> moduleFeatures(Map<String, Tensor> tensors) {
+        Map<String, long[]> features = new LinkedHashMap<>();
+        tensors.forEach((key, t) -> {
+            PeftKeys.Key parsed = PeftKeys.parse(key);
+            if (parsed == null || t.rank() != 2) {
+                return;
+            }
+            long[] f = features.computeIfAbsent(baseModelName(parsed.module()), m -> new long[2]);
+            if (parsed.factor() == Aggregator.Factor.A) {
+                f[0] = t.dim(1);
+            } else {
+                f[1] = t.dim(0);
+            }
+        });
+        return features;
+    }
+
     /**
-     * Writes a PEFT adapter directory: {@code adapter_model.safetensors} with the tensors converted
-     * to {@code dtype} (null: as they are), and {@code adapter_config.json} = {@code base} (the first client's config,
-     * or a minimal one when null) with {@code r = globalRank} and a {@code rank_pattern} for the
-     * modules whose rank differs.
-     *
-     * <p>Everything is written into a hidden temporary directory beside {@code outDir}, then
-     * renamed to it (or, when {@code outDir} already exists and is not empty, its two files are
-     * renamed into it). On failure the temporary directory is removed and {@code outDir} is
-     * untouched.
+     * Writes a PEFT adapter directory for tests and the demo: {@code base} (or a minimal config)
+     * with {@code r = globalRank} and a {@code rank_pattern} for the modules whose rank differs,
+     * replacing an existing adapter at {@code outDir}. See {@link #write(Path, String, boolean, Map, DType, AdapterConfig, Map)}.
      */
     public static void write(Path outDir, Map<String, Tensor> tensors, DType dtype, AdapterConfig base,
             Map<String, String> metadata, int globalRank) throws IOException {
-        Path target = outDir.toAbsolutePath().normalize();
-        Path parent = target.getParent();
-        if (parent == null || !Files.isDirectory(parent)) {
-            throw new InvalidFileException(outDir.toString(), "parent directory does not exist");
-        }
-        if (Files.exists(target) && !Files.isDirectory(target)) {
-            throw new InvalidFileException(outDir.toString(), "exists and is not a directory");
-        }
-        Map<String, Tensor> converted = new LinkedHashMap<>();
-        tensors.forEach((key, t) -> converted.put(key, dtype == null ? t : t.to(dtype)));
         AdapterConfig config = (base == null ? AdapterConfig.minimal(globalRank) : base)
-                .withRanks(globalRank, moduleRanks(converted));
+                .withRanks(globalRank, moduleRanks(tensors));
+        write(outDir, outDir.toString(), true, tensors, dtype, config, metadata);
+    }
+
+    /**
+     * Writes a PEFT adapter directory: {@code adapter_model.safetensors} with the tensors
+     * converted to {@code dtype} (null: as they are) and {@code config} as
+     * {@code adapter_config.json}, published whole through {@link OutputDir}: at {@code outDir}
+     * there is the old content or the complete new one, never a mix, and a failure leaves nothing
+     * behind. Every error names {@code display} ({@code -o} as the user wrote it), never the
+     * temporary directory.
+     *
+     * @param force replace an existing adapter directory
+     * @throws InvalidFileException for a value that overflows {@code dtype} (before anything is
+     *     created), an output that cannot be replaced, or an I/O failure while writing
+     */
+    public static void write(Path outDir, String display, boolean force, Map<String, Tensor> tensors, DType dtype,
+            AdapterConfig config, Map<String, String> metadata) throws IOException {
+        Map<String, Tensor> converted = new LinkedHashMap<>();
+        long bytes = 0;
+        for (var e : tensors.entrySet()) {
+            Tensor t = dtype == null ? e.getValue() : e.getValue().to(dtype);
+            if (t.dtype() != DType.F32) {
+                checkRange(display, e.getKey(), e.getValue(), t);
+            }
+            converted.put(e.getKey(), t);
+            bytes += t.data().byteSize();
+        }
         Map<String, String> meta = new LinkedHashMap<>(metadata == null ? Map.of() : metadata);
         // transformers refuses safetensors files whose metadata lacks a known format.
         meta.putIfAbsent("format", "pt");
-
-        Path temp = parent.resolve("." + target.getFileName() + ".tmp-"
-                + HexFormat.of().toHexDigits(ThreadLocalRandom.current().nextLong()));
-        Files.createDirectory(temp);
-        boolean published = false;
-        try {
-            Safetensors.write(temp.resolve(WEIGHTS), converted, meta);
-            writeText(temp.resolve(CONFIG), config.toJson());
-            publish(temp, target);
-            published = true;
-        } finally {
+        try (OutputDir out = OutputDir.create(outDir, display, force)) {
             try {
-                deleteTree(temp);
+                Safetensors.write(out.directory().resolve(WEIGHTS), converted, meta);
+                writeText(out.directory().resolve(CONFIG), config.toJson());
+                out.publish();
+            } catch (InvalidFileException e) {
+                throw e;
             } catch (IOException e) {
-                // Never hide the failure that got us here behind a cleanup failure.
-                if (published) {
-                    throw e;
+                if (Messages.isNoSpace(e)) {
+                    throw new InvalidFileException(display, "no space left on device while writing the "
+                            + String.format(java.util.Locale.ROOT, "%.1f MB", bytes / 1e6)
+                            + " adapter; nothing was written", e);
                 }
+                throw new InvalidFileException(display, "cannot write: " + Messages.reason(e), e);
             }
         }
     }
 
-    private static void publish(Path temp, Path target) throws IOException {
-        if (!Files.isDirectory(target) || isEmptyDirectory(target)) {
-            // rename(2) also replaces an empty directory.
-            Files.move(temp, target, StandardCopyOption.ATOMIC_MOVE);
-            return;
-        }
-        // An existing adapter directory: replace our two files in it, each atomically, and leave
-        // anything else there (a README, a tokenizer) alone.
-        for (String name : List.of(WEIGHTS, CONFIG)) {
-            Files.move(temp.resolve(name), target.resolve(name),
-                    StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
-        }
-    }
-
-    private static boolean isEmptyDirectory(Path dir) throws IOException {
-        try (Stream<Path> entries = Files.list(dir)) {
-            return entries.findAny().isEmpty();
+    /**
+     * A finite value that became infinite in {@code converted} (float16 above 65504, bfloat16
+     * near float32's limit) is refused, naming the tensor and its largest magnitude.
+     */
+    private static void checkRange(String display, String key, Tensor source, Tensor converted) throws InvalidFileException {
+        long n = converted.elementCount();
+        for (long i = 0; i < n; i++) {
+            if (Float.isInfinite(converted.get(i)) && Float.isFinite(source.get(i))) {
+                float largest = 0;
+                for (long j = 0; j < n; j++) {
+                    float v = Math.abs(source.get(j));
+                    if (v > largest) {
+                        largest = v;
+                    }
+                }
+                throw new InvalidFileException(display, "tensor '" + key + "' holds values up to " + largest
+                        + " in magnitude, beyond " + converted.dtype().name().toLowerCase(java.util.Locale.ROOT)
+                        + "'s range (largest finite " + (converted.dtype() == DType.F16 ? "65504); use --dtype bf16 or f32"
+                                : "3.39e38); use --dtype f32") + "; nothing was written");
+            }
         }
     }
 
@@ -238,17 +406,6 @@ public final class PeftAdapter implements AutoCloseable {
                 channel.write(bytes);
             }
             channel.force(true);
-        }
-    }
-
-    private static void deleteTree(Path root) throws IOException {
-        if (!Files.exists(root)) {
-            return;
-        }
-        try (Stream<Path> walk = Files.walk(root)) {
-            for (Path p : walk.sorted(Comparator.reverseOrder()).toList()) {
-                Files.deleteIfExists(p);
-            }
         }
     }
 }

@@ -10,6 +10,7 @@ import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Tensor;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -98,10 +99,49 @@ public final class Safetensors implements AutoCloseable {
             long size = channel.size();
             if (size < 8) {
                 throw new InvalidFileException(source,
-                        "file is " + size + " bytes, too short for the 8-byte header length");
+                        "not a safetensors file: it is " + size + " bytes, too short for the 8-byte header length");
             }
             MemorySegment whole = channel.map(FileChannel.MapMode.READ_ONLY, 0, size, arena);
             return parse(whole, source, arena);
+        } catch (NoSuchFileException e) {
+            arena.close();
+            throw new InvalidFileException(source, "no such file", e);
+        } catch (AccessDeniedException e) {
+            arena.close();
+            throw new InvalidFileException(source, "permission denied", e);
+        } catch (Throwable t) {
+            arena.close();
+            throw t;
+        }
+    }
+
+    /**
+     * Reads {@code path} into memory of its own (no mapping) and checks it: a file that shrinks
+     * while it is read is reported as such, and nothing that happens to the file afterwards can
+     * fault a later read. Costs a copy and the file's size in native memory until {@link #close()}.
+     */
+    public static Safetensors readCopy(Path path) throws IOException {
+        String source = path.toString();
+        Arena arena = Arena.ofShared();
+        try (FileChannel channel = FileChannel.open(path, StandardOpenOption.READ)) {
+            long size = channel.size();
+            if (size < 8) {
+                throw new InvalidFileException(source,
+                        "not a safetensors file: it is " + size + " bytes, too short for the 8-byte header length");
+            }
+            MemorySegment copy = arena.allocate(size, 64);
+            long position = 0;
+            while (position < size) {
+                ByteBuffer chunk = copy.asSlice(position, Math.min(1L << 30, size - position)).asByteBuffer();
+                while (chunk.hasRemaining()) {
+                    if (channel.read(chunk, position + chunk.position()) < 0) {
+                        throw new InvalidFileException(source, "changed while being read: it was " + size
+                                + " bytes and ended after " + (position + chunk.position()));
+                    }
+                }
+                position += chunk.capacity();
+            }
+            return parse(copy, source, arena);
         } catch (NoSuchFileException e) {
             arena.close();
             throw new InvalidFileException(source, "no such file", e);
@@ -127,17 +167,24 @@ public final class Safetensors implements AutoCloseable {
         long size = whole.byteSize();
         if (size < 8) {
             throw new InvalidFileException(source,
-                    "file is " + size + " bytes, too short for the 8-byte header length");
+                    "not a safetensors file: it is " + size + " bytes, too short for the 8-byte header length");
         }
         long headerLength = whole.get(LONG_LE, 0);
         // The length is an unsigned 64-bit number: a negative long is a huge length.
+        // A header starts with '{' (the reference writer pads with spaces at the end, not the start).
+        boolean jsonFollows = size > 8 && whole.get(ValueLayout.JAVA_BYTE, 8) == '{';
+        String notSafetensors = jsonFollows ? "" : "not a safetensors file: ";
         if (headerLength < 0 || headerLength > MAX_HEADER_BYTES) {
-            throw new InvalidFileException(source, "header length " + Long.toUnsignedString(headerLength)
+            throw new InvalidFileException(source, notSafetensors + "header length " + Long.toUnsignedString(headerLength)
                     + " is over the 100 MB limit");
         }
         if (headerLength > size - 8) {
-            throw new InvalidFileException(source, "header length " + headerLength
+            throw new InvalidFileException(source, notSafetensors + "header length " + headerLength
                     + " is beyond the end of the file (" + size + " bytes)");
+        }
+        if (!jsonFollows && headerLength > 0) {
+            throw new InvalidFileException(source, "not a safetensors file: no JSON header after the 8-byte length "
+                    + "(byte 8 is not '{')");
         }
         byte[] json = whole.asSlice(8, headerLength).toArray(ValueLayout.JAVA_BYTE);
         long dataSize = size - 8 - headerLength;
@@ -409,6 +456,39 @@ public final class Safetensors implements AutoCloseable {
         }
     }
 
+    /**
+     * The bytes {@link #write} would put in a file, in one array: for data that travels (a partial
+     * aggregate between Spark tasks) rather than lands on disk. {@link #read} parses them back.
+     *
+     * @throws IllegalArgumentException when the whole does not fit one Java array (2 GB)
+     */
+    public static byte[] toBytes(Map<String, Tensor> tensors, Map<String, String> metadata) {
+        byte[] header;
+        try {
+            header = header(tensors, metadata);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot write a safetensors header in memory", e);
+        }
+        long size = 8L + header.length;
+        for (Tensor t : tensors.values()) {
+            size += t.data().byteSize();
+        }
+        if (size > Integer.MAX_VALUE - 8) {
+            throw new IllegalArgumentException("a safetensors image of " + size + " bytes does not fit one byte array");
+        }
+        byte[] out = new byte[(int) size];
+        MemorySegment image = MemorySegment.ofArray(out);
+        image.set(LONG_LE, 0, header.length);
+        MemorySegment.copy(header, 0, image, ValueLayout.JAVA_BYTE, 8, header.length);
+        long offset = 8L + header.length;
+        for (Tensor t : tensors.values()) {
+            long length = t.data().byteSize();
+            MemorySegment.copy(t.data(), 0, image, offset, length);
+            offset += length;
+        }
+        return out;
+    }
+
     private static final int COPY_CHUNK = 4 << 20;
 
     private static void writeSegment(FileChannel channel, MemorySegment data, MemorySegment buffer)
@@ -498,7 +578,7 @@ public final class Safetensors implements AutoCloseable {
 
     /** Brings a mapped file's pages into memory now; a no-op for data already in memory. */
     public void load() {
-        if (mapping.isMapped()) {
+        if (mapping != null && mapping.isMapped()) {
             mapping.load();
         }
     }

@@ -44,6 +44,38 @@ public final class Tensor {
         return new Tensor(dtype, shape, data);
     }
 
+    /**
+     * A tensor over native memory at {@code address} that someone else owns (a numpy array or a
+     * torch tensor handed over by the Python bridge), read in place. The segment has the global
+     * scope: the caller keeps the memory alive and unchanged in shape for as long as the tensor is
+     * used. Needs native access ({@code --enable-native-access}).
+     */
+    public static Tensor ofAddress(long address, DType dtype, long... shape) {
+        return ofAddress(address, dtype, Arena.global(), shape);
+    }
+
+    /**
+     * As {@link #ofAddress(long, DType, long...)}, but the view lives only as long as {@code scope}:
+     * once the caller closes it (the Python bridge closes a shared arena when its call returns),
+     * any later read of this tensor throws {@code IllegalStateException} instead of reading memory
+     * the caller may have freed.
+     */
+    public static Tensor ofAddress(long address, DType dtype, Arena scope, long... shape) {
+        Objects.requireNonNull(scope, "scope");
+        if (address == 0) {
+            throw new IllegalArgumentException("null address for a " + dtype + Arrays.toString(shape) + " tensor");
+        }
+        long count = 1;
+        for (long d : shape) {
+            if (d < 0) {
+                throw new IllegalArgumentException("negative dimension in shape " + Arrays.toString(shape));
+            }
+            count = Math.multiplyExact(count, d);
+        }
+        long bytes = Math.multiplyExact(count, (long) dtype.byteSize());
+        return new Tensor(dtype, shape, MemorySegment.ofAddress(address).reinterpret(bytes, scope, null));
+    }
+
     /** A tensor over raw little-endian bytes, e.g. BF16 or F16 as a framework serialised them. */
     public static Tensor ofBytes(byte[] raw, DType dtype, long... shape) {
         return new Tensor(dtype, shape, MemorySegment.ofArray(raw));
@@ -123,6 +155,21 @@ public final class Tensor {
         MemorySegment copy = arena.allocate(data.byteSize(), 8);
         copy.copyFrom(data);
         return new Tensor(dtype, shape, copy);
+    }
+
+    /**
+     * Copies this tensor's little-endian data, as it is (no conversion), into native memory at
+     * {@code address} that the caller owns, e.g. a numpy array the Python bridge allocated;
+     * {@code byteSize} is the size of that memory and must equal {@code data().byteSize()}.
+     */
+    public void copyToAddress(long address, long byteSize) {
+        if (address == 0) {
+            throw new IllegalArgumentException("null destination address for " + this);
+        }
+        if (byteSize != data.byteSize()) {
+            throw new IllegalArgumentException(this + " has " + data.byteSize() + " bytes, the destination " + byteSize);
+        }
+        MemorySegment.ofAddress(address).reinterpret(byteSize).copyFrom(data);
     }
 
     @Override

@@ -56,7 +56,23 @@ class AdapterConfigTest {
 
     @Test
     void badFieldsAreNamed() throws Exception {
-        Map<String, String> cases = Map.of(
+        Map<String, String> cases = Map.ofEntries(
+                Map.entry("{\"lora_alpha\": 0}", "lora_alpha is 0; it must be a positive number"),
+                Map.entry("{\"alpha_pattern\": {\"q\": -2}}", "alpha_pattern['q'] is -2; it must be a positive number"),
+                Map.entry("{\"r\": \"\u00e9\"}", "r is not a positive integer"));
+        for (var c : cases.entrySet()) {
+            Path file = dir.resolve("bad.json");
+            Files.writeString(file, c.getKey());
+            InvalidFileException e = assertThrows(InvalidFileException.class, () -> AdapterConfig.read(file), c.getKey());
+            assertTrue(e.getMessage().startsWith(file + ": ") && e.getMessage().contains(c.getValue()),
+                    c.getKey() + " -> " + e.getMessage());
+        }
+        // Not UTF-8: the byte and where it is (it used to say "cannot read: Input length = 1").
+        Path latin1 = dir.resolve("latin1.json");
+        Files.write(latin1, "{\"base_model_name_or_path\": \"caf\u00e9\"}".getBytes(java.nio.charset.StandardCharsets.ISO_8859_1));
+        InvalidFileException notUtf8 = assertThrows(InvalidFileException.class, () -> AdapterConfig.read(latin1));
+        assertEquals(latin1 + ": is not valid UTF-8 (byte 0xE9 at offset 32); JSON files are UTF-8", notUtf8.getMessage());
+        cases = Map.of(
                 "{\"r\": 0}", "r is not a positive integer",
                 "{\"r\": 8.5}", "r is not a positive integer",
                 "{\"lora_alpha\": \"x\"}", "lora_alpha is not a finite number",

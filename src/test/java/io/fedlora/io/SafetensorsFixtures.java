@@ -47,12 +47,16 @@ public final class SafetensorsFixtures {
     public static Stream<Arguments> malformed() {
         byte[] eight = new byte[8];
         return Stream.of(
-                Arguments.of("short file", new byte[5], "too short"),
+                Arguments.of("short file", new byte[5], "not a safetensors file: it is 5 bytes, too short"),
                 Arguments.of("header beyond file", lengthThen(500, "{}"), "beyond the end of the file"),
                 Arguments.of("header over 100 MB", lengthThen(100_000_001L, "{}"), "over the 100 MB limit"),
                 Arguments.of("unsigned huge header", lengthThen(-1L, "{}"), "over the 100 MB limit"),
                 Arguments.of("invalid JSON", file("{\"a\":{\"dtype\":\"F32\"", new byte[0]), "invalid JSON"),
-                Arguments.of("not an object", file("[1,2]", new byte[0]), "invalid JSON"),
+                Arguments.of("not an object", file("[1,2]", new byte[0]), "not a safetensors file"),
+                // Issue 9: a text file used to give "header length 7021991845529153390 is over the 100 MB limit".
+                Arguments.of("text file", "not a safetensors file, just some words".getBytes(java.nio.charset.StandardCharsets.US_ASCII),
+                        "not a safetensors file: header length"),
+                Arguments.of("small length, no JSON", lengthThen(4, "abcd"), "not a safetensors file: no JSON header"),
                 Arguments.of("trailing JSON", file("{} {}", new byte[0]), "invalid JSON"),
                 Arguments.of("not UTF-8", latin1Header(file("{\"\u00ff\":1}", new byte[0])), "not valid UTF-8"),
                 Arguments.of("outside data", file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",

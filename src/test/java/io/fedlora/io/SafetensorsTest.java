@@ -65,6 +65,30 @@ class SafetensorsTest {
         }
     }
 
+    /** The in-memory image is the file, byte for byte, for every dtype, and reads back in place. */
+    @Test
+    void inMemoryImageEqualsTheFileAndReadsBack() throws Exception {
+        Map<String, Tensor> tensors = new LinkedHashMap<>();
+        tensors.put("m.lora_A.weight", Tensor.of(new float[] {1f, -2.5f, 0.1f, -0.0f, 7f, Float.MIN_VALUE}, 2, 3));
+        tensors.put("m.lora_B.weight", Tensor.ofBytes(le16(0x3F80, 0xC000, 0x0001), DType.BF16, 3, 1));
+        tensors.put("head", Tensor.ofBytes(le16(0x3C00), DType.F16, 1));
+        Path path = dir.resolve("image.safetensors");
+        Safetensors.write(path, tensors, Map.of("format", "pt", "k", "v"));
+
+        byte[] image = Safetensors.toBytes(tensors, Map.of("format", "pt", "k", "v"));
+        assertArrayEquals(Files.readAllBytes(path), image);
+
+        Safetensors read = Safetensors.read(MemorySegment.ofArray(image), "image");
+        assertEquals(List.copyOf(tensors.keySet()), List.copyOf(read.tensors().keySet()));
+        for (var e : tensors.entrySet()) {
+            Tensor t = read.tensors().get(e.getKey());
+            assertEquals(e.getValue().dtype(), t.dtype());
+            assertArrayEquals(e.getValue().shape(), t.shape());
+            assertEquals(-1, e.getValue().data().mismatch(t.data()), e.getKey());
+        }
+        assertEquals(Map.of("format", "pt", "k", "v"), read.metadata());
+    }
+
     /**
      * bfloat16 is the top 16 bits of a float32, rounded to nearest, ties to even. Each value below
      * is chosen for one rounding case; the expected bits are worked out by hand.

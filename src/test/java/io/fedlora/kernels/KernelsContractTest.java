@@ -13,6 +13,7 @@ import io.fedlora.Reference64;
 import io.fedlora.tensor.Tensor;
 import io.fedlora.TestClients;
 import io.fedlora.kernels.cpu.ScalarKernels;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.AfterAll;
@@ -23,20 +24,33 @@ import org.junit.jupiter.params.provider.EnumSource;
 
 /**
  * What every backend must do, checked against {@link ScalarKernels} on seeded inputs. Each backend's
- * test subclasses this and supplies {@link #kernels()}. Sums match within {@code 1e-6 + |ref| 1e-6},
- * copies bit for bit.
+ * test subclasses this and supplies {@link #kernels()}. Accumulate, weighted sum, finish and pad
+ * match the reference bit for bit (every backend does the same float32 operations per element:
+ * fma in source order from +0, then one multiply by the float32 factor); the weights are not
+ * dyadic (0.3, 1/3, 7.1), so a backend that rounds differently anywhere (a multiply and an add for
+ * an fma, another summation order) differs in the last bit somewhere. Only the Gram-based norm
+ * sums in another order and is held to a tolerance.
  *
- * <p>Sizes and the code paths they reach (vector backend): 1 is all tail; primes (7, 13, 61, 1031)
- * are vector body plus a tail on any lane count; blocks of several rows shorter than four vectors
- * (3x7, 5x13, 7x61, 64x5, 4099x37) take the straight-line short-row path, with whole-vector tails
- * inside a tile and masked ones at a tile's or the array's end; 8209 columns is wider than a tile
- * (8192), so rows are cut into column tiles; 131101 and more elements split across threads.
+ * <p>Sizes and the code paths they reach (vector backend, any of 4, 8 or 16 lanes): 1 is all
+ * tail; primes (7, 13, 61, 1031) are vector body plus a tail on any lane count; blocks of several
+ * rows of at most four vectors (3x7, 5x13, 7x61, 64x5, 4099x37, and every rank 1..70 in
+ * {@link #everyRankFrom1To70MatchesScalar}) take the straight-line short-row path, with a
+ * whole-vector tail inside the source and a masked one at its end; 8209 columns is wider than a
+ * tile (8192), so rows are cut into column tiles; 131101 and more elements split across threads.
+ * Sources come as heap float[] (the vector backend reads them in place), little-endian bytes on
+ * the heap and native memory (both copied or widened through scratch first), each also strided.
  */
 @TestInstance(TestInstance.Lifecycle.PER_CLASS)
 public abstract class KernelsContractTest {
 
     /** (rows, cols) of the destination; see the class comment for the path each one reaches. */
     static final int[][] SHAPES = {{1, 1}, {3, 7}, {5, 13}, {7, 61}, {64, 5}, {2, 1031}, {3, 8209}, {1, 131101}, {4099, 37}};
+
+    /** Non-dyadic weights: products and sums of these round, so every rounding step shows. */
+    static final float[] WEIGHTS = {0.3f, 1f / 3, 7.1f, 0.7f, 2.9f};
+
+    /** Where a source's data lives; the vector backend takes a different path for each. */
+    enum Memory { FLOATS, BYTES, NATIVE }
 
     private final ScalarKernels reference = new ScalarKernels();
 
@@ -50,10 +64,27 @@ public abstract class KernelsContractTest {
 
     /** A source corner of up to rows x cols inside a wider, strided buffer of the given dtype. */
     static Matrix source(SplittableRandom random, DType dtype, int rows, int cols, int extraCols) {
+        return source(random, dtype, rows, cols, extraCols, Memory.FLOATS);
+    }
+
+    static Matrix source(SplittableRandom random, DType dtype, int rows, int cols, int extraCols, Memory memory) {
         int stride = cols + extraCols;
         float[] values = TestClients.values(random, rows * stride);
-        Tensor t = Tensor.convert(values, dtype, rows, stride);
-        return new Matrix(t.data(), dtype, 0, rows, cols, stride);
+        return new Matrix(in(memory, Tensor.convert(values, dtype, rows, stride).data()), dtype, 0, rows, cols, stride);
+    }
+
+    /** The same bytes in the given kind of memory (16-bit data is bytes on the heap already). */
+    static MemorySegment in(Memory memory, MemorySegment data) {
+        if (memory == Memory.BYTES && data.heapBase().orElse(null) instanceof float[]) {
+            MemorySegment bytes = MemorySegment.ofArray(new byte[Math.toIntExact(data.byteSize())]);
+            bytes.copyFrom(data);
+            return bytes;
+        } else if (memory == Memory.NATIVE) {
+            MemorySegment copy = Arena.ofAuto().allocate(data.byteSize(), 64);
+            copy.copyFrom(data);
+            return copy;
+        }
+        return data;
     }
 
     static float[] scales(SplittableRandom random, int n) {
@@ -64,12 +95,13 @@ public abstract class KernelsContractTest {
         return s;
     }
 
-    static void assertClose(float[] want, float[] got, String what) {
+    /** Bit for bit (raw bits: +0 and -0 differ, and so do NaN payloads), naming the first element that differs. */
+    public static void assertSameBits(float[] want, float[] got, String what) {
         assertEquals(want.length, got.length, what + ": length");
         for (int i = 0; i < want.length; i++) {
-            double tol = 1e-6 + Math.abs(want[i]) * 1e-6;
-            if (!(Math.abs(want[i] - got[i]) <= tol)) {
-                fail(what + ": element " + i + " is " + got[i] + ", reference " + want[i]);
+            if (Float.floatToRawIntBits(want[i]) != Float.floatToRawIntBits(got[i])) {
+                fail(what + ": element " + i + " is " + got[i] + " (0x" + Integer.toHexString(Float.floatToRawIntBits(got[i]))
+                        + "), reference " + want[i] + " (0x" + Integer.toHexString(Float.floatToRawIntBits(want[i])) + ")");
             }
         }
     }
@@ -77,57 +109,102 @@ public abstract class KernelsContractTest {
     @ParameterizedTest
     @EnumSource(DType.class)
     void accumulatorMatchesScalar(DType dtype) {
-        for (int[] shape : SHAPES) {
-            int rows = shape[0], cols = shape[1];
-            SplittableRandom random = new SplittableRandom(rows * 31L + cols);
-            // Three clients: full size and contiguous, a strided corner (a B cut), a shorter A.
-            Matrix[] sources = {
-                source(random, dtype, rows, cols, 0),
-                source(random, dtype, rows, Math.max(1, cols - 2), 3),
-                source(random, dtype, Math.max(1, rows / 2), cols, 0),
-            };
-            float[] weights = {0.5f, 3f, 1.25f};
-            float[] rowScale = scales(random, rows), colScale = scales(random, cols);
-            float[] want = new float[rows * cols], got = new float[rows * cols];
-            try (Accumulator r = reference.newAccumulator(rows, cols); Accumulator k = kernels().newAccumulator(rows, cols)) {
-                for (int s = 0; s < sources.length; s++) {
-                    r.add(sources[s], weights[s]);
-                    k.add(sources[s], weights[s]);
+        for (Memory memory : Memory.values()) {
+            for (int[] shape : SHAPES) {
+                int rows = shape[0], cols = shape[1];
+                SplittableRandom random = new SplittableRandom(rows * 31L + cols);
+                // Three clients: full size and contiguous, a strided corner (a B cut), a shorter A.
+                Matrix[] sources = {
+                    source(random, dtype, rows, cols, 0, memory),
+                    source(random, dtype, rows, Math.max(1, cols - 2), 3, memory),
+                    source(random, dtype, Math.max(1, rows / 2), cols, 0, memory),
+                };
+                float[] rowScale = scales(random, rows), colScale = scales(random, cols);
+                float[] want = new float[rows * cols], got = new float[rows * cols];
+                try (Accumulator r = reference.newAccumulator(rows, cols); Accumulator k = kernels().newAccumulator(rows, cols)) {
+                    for (int s = 0; s < sources.length; s++) {
+                        r.add(sources[s], WEIGHTS[s]);
+                        k.add(sources[s], WEIGHTS[s]);
+                    }
+                    r.finish(want, rowScale, colScale);
+                    k.finish(got, rowScale, colScale);
+                    assertSameBits(want, got, "add+finish " + dtype + " " + memory + " " + rows + "x" + cols);
+                    // The sums are unchanged by finish: a second finish, unscaled, gives the raw sums.
+                    r.finish(want, null, null);
+                    k.finish(got, null, null);
                 }
-                r.finish(want, rowScale, colScale);
-                k.finish(got, rowScale, colScale);
+                assertSameBits(want, got, "raw sums after finish " + dtype + " " + memory + " " + rows + "x" + cols);
             }
-            assertClose(want, got, dtype + " " + rows + "x" + cols);
         }
     }
 
     @ParameterizedTest
     @EnumSource(DType.class)
     void weightedSumMatchesScalarAndTheAccumulatorPath(DType dtype) {
-        for (int[] shape : SHAPES) {
-            int rows = shape[0], cols = shape[1];
-            SplittableRandom random = new SplittableRandom(rows * 17L + cols);
-            Matrix[] sources = {
-                source(random, dtype, Math.max(1, rows - 1), cols, 0),
-                source(random, dtype, rows, cols, 0),
-                source(random, dtype, rows, Math.max(1, cols / 3), 2),
-                source(random, dtype, 1, 1, 0),
-            };
-            float[] weights = {2f, 0.75f, 5f, 1f};
-            float[] rowScale = scales(random, rows);
-            float[] colScale = random.nextBoolean() ? scales(random, cols) : null;
-            float[] want = new float[rows * cols], got = new float[rows * cols], viaAdd = new float[rows * cols];
-            assertEquals(-1, reference.weightedSum(want, rows, cols, sources, weights, rowScale, colScale));
-            assertEquals(-1, kernels().weightedSum(got, rows, cols, sources, weights, rowScale, colScale));
-            try (Accumulator acc = kernels().newAccumulator(rows, cols)) {
-                for (int s = 0; s < sources.length; s++) {
-                    acc.add(sources[s], weights[s]);
+        for (Memory memory : Memory.values()) {
+            for (int[] shape : SHAPES) {
+                int rows = shape[0], cols = shape[1];
+                SplittableRandom random = new SplittableRandom(rows * 17L + cols);
+                Matrix[] sources = {
+                    source(random, dtype, Math.max(1, rows - 1), cols, 0, memory),
+                    source(random, dtype, rows, cols, 0, memory),
+                    source(random, dtype, rows, Math.max(1, cols / 3), 2, memory),
+                    source(random, dtype, 1, 1, 0, memory),
+                };
+                float[] rowScale = scales(random, rows);
+                float[] colScale = random.nextBoolean() ? scales(random, cols) : null;
+                float[] want = new float[rows * cols], got = new float[rows * cols], viaAdd = new float[rows * cols];
+                assertEquals(-1, reference.weightedSum(want, rows, cols, sources, WEIGHTS, rowScale, colScale));
+                assertEquals(-1, kernels().weightedSum(got, rows, cols, sources, WEIGHTS, rowScale, colScale));
+                try (Accumulator acc = kernels().newAccumulator(rows, cols)) {
+                    for (int s = 0; s < sources.length; s++) {
+                        acc.add(sources[s], WEIGHTS[s]);
+                    }
+                    acc.finish(viaAdd, rowScale, colScale);
                 }
-                acc.finish(viaAdd, rowScale, colScale);
+                String what = dtype + " " + memory + " " + rows + "x" + cols;
+                assertSameBits(want, got, "weightedSum " + what);
+                assertSameBits(want, viaAdd, "add+finish vs scalar weightedSum " + what);
             }
-            assertClose(want, got, "weightedSum " + dtype + " " + rows + "x" + cols);
-            assertClose(got, viaAdd, "weightedSum vs add+finish " + dtype + " " + rows + "x" + cols);
         }
+    }
+
+    /**
+     * B factors of every global rank R in 1..70 (one to five vectors of any width, each tail
+     * length) from five clients of ranks R, R - 1, about R / 2, 1 and R, one of them strided, and A
+     * factors of those ranks: weighted sum and add + finish, bit for bit. 1031 rows of B and A rows
+     * of 1031 make several tiles, so the vector backend's fused passes over up to four sources run
+     * (a source's last tile goes alone), as do groups cut short by a source with fewer rows.
+     */
+    @Test
+    void everyRankFrom1To70MatchesScalar() {
+        int out = 1031, in = 1031;
+        for (int globalRank = 1; globalRank <= 70; globalRank++) {
+            SplittableRandom random = new SplittableRandom(globalRank);
+            int[] ranks = {globalRank, Math.max(1, globalRank - 1), (globalRank + 1) / 2, 1, globalRank};
+            Matrix[] b = new Matrix[ranks.length], a = new Matrix[ranks.length];
+            for (int k = 0; k < ranks.length; k++) {
+                b[k] = source(random, DType.F32, out, ranks[k], k == 2 ? 5 : 0);
+                a[k] = source(random, DType.F32, ranks[k], in, 0);
+            }
+            float[] colScale = scales(random, globalRank), rowScale = scales(random, globalRank);
+            checkSum(b, out, globalRank, null, colScale, "B rank " + globalRank);
+            checkSum(a, globalRank, in, rowScale, null, "A rank " + globalRank);
+        }
+    }
+
+    private void checkSum(Matrix[] sources, int rows, int cols, float[] rowScale, float[] colScale, String what) {
+        float[] want = new float[rows * cols], got = new float[rows * cols], viaAdd = new float[rows * cols];
+        assertEquals(-1, reference.weightedSum(want, rows, cols, sources, WEIGHTS, rowScale, colScale));
+        assertEquals(-1, kernels().weightedSum(got, rows, cols, sources, WEIGHTS, rowScale, colScale));
+        try (Accumulator acc = kernels().newAccumulator(rows, cols)) {
+            for (int k = 0; k < sources.length; k++) {
+                acc.add(sources[k], WEIGHTS[k]);
+            }
+            acc.finish(viaAdd, rowScale, colScale);
+        }
+        assertSameBits(want, got, "weightedSum " + what);
+        assertSameBits(want, viaAdd, "add+finish " + what);
     }
 
     @Test
@@ -189,16 +266,20 @@ public abstract class KernelsContractTest {
     @ParameterizedTest
     @EnumSource(DType.class)
     void allFiniteFindsEveryNonFiniteValue(DType dtype) {
-        for (int n : new int[] {1, 7, 16, 17, 61, 1031}) {
-            SplittableRandom random = new SplittableRandom(n);
-            float[] clean = TestClients.values(random, n);
-            assertTrue(kernels().allFinite(Matrix.dense(Tensor.convert(clean, dtype, n).data(), dtype, 1, n)), dtype + " clean n=" + n);
-            for (int at : new int[] {0, n / 2, n - 1}) {
-                for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}) {
-                    float[] v = clean.clone();
-                    v[at] = bad;
-                    Matrix m = Matrix.dense(Tensor.convert(v, dtype, n).data(), dtype, 1, n);
-                    assertFalse(kernels().allFinite(m), dtype + " " + bad + " at " + at + " of " + n);
+        // 8209 is more than a tile: the vector backend scans memory that is not a float[] a tile at a time.
+        for (Memory memory : Memory.values()) {
+            for (int n : new int[] {1, 7, 16, 17, 61, 1031, 8209}) {
+                SplittableRandom random = new SplittableRandom(n);
+                float[] clean = TestClients.values(random, n);
+                assertTrue(kernels().allFinite(Matrix.dense(in(memory, Tensor.convert(clean, dtype, n).data()), dtype, 1, n)),
+                        dtype + " " + memory + " clean n=" + n);
+                for (int at : new int[] {0, n / 2, n - 1}) {
+                    for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}) {
+                        float[] v = clean.clone();
+                        v[at] = bad;
+                        Matrix m = Matrix.dense(in(memory, Tensor.convert(v, dtype, n).data()), dtype, 1, n);
+                        assertFalse(kernels().allFinite(m), dtype + " " + memory + " " + bad + " at " + at + " of " + n);
+                    }
                 }
             }
         }
@@ -229,21 +310,33 @@ public abstract class KernelsContractTest {
     void growKeepsTheSumsAndMergeAddsThem() {
         SplittableRandom random = new SplittableRandom(3);
         Matrix x = source(random, DType.F32, 5, 11, 0);
+        Matrix z = source(random, DType.F32, 9, 13, 0);
         Matrix y = source(random, DType.F32, 9, 19, 0);
         float[] want = new float[9 * 19], got = new float[9 * 19];
+        // The reference is built at full size; the backend's grows from 5x11 to 9x13 (more rows and
+        // columns, the same padded row) and then to 9x19 (a longer padded row: the sums move), and
+        // the new cells must be zero each time. y comes in through a merge (sums added with weight 1).
         try (Accumulator r = reference.newAccumulator(9, 19); Accumulator k = kernels().newAccumulator(5, 11);
                 Accumulator other = kernels().newAccumulator(9, 19)) {
-            r.add(x, 2f);
-            r.add(y, 1f);
-            k.add(x, 2f);
-            k.grow(9, 19);
+            r.add(x, WEIGHTS[0]);
+            r.add(z, WEIGHTS[1]);
+            try (Accumulator ry = reference.newAccumulator(9, 19)) {
+                ry.add(y, WEIGHTS[2]);
+                r.add(ry);
+            }
+            k.add(x, WEIGHTS[0]);
+            k.grow(9, 13);
             assertEquals(9, k.rows());
+            assertEquals(13, k.cols());
+            k.add(z, WEIGHTS[1]);
+            k.grow(9, 19);
             assertEquals(19, k.cols());
-            other.add(y, 1f);
+            other.add(y, WEIGHTS[2]);
             k.add(other);
-            r.finish(want, null, null);
-            k.finish(got, null, null);
+            float[] rowScale = scales(random, 9), colScale = scales(random, 19);
+            r.finish(want, rowScale, colScale);
+            k.finish(got, rowScale, colScale);
         }
-        assertClose(want, got, "grow then merge");
+        assertSameBits(want, got, "grow then merge");
     }
 }

@@ -6,6 +6,7 @@ import io.fedlora.Round;
 import io.fedlora.Strategy;
 import io.fedlora.tensor.Tensor;
 import io.fedlora.kernels.Backends;
+import io.fedlora.kernels.Backends;
 import io.fedlora.kernels.Kernels;
 import io.fedlora.tensor.Matrix;
 import java.util.Arrays;
@@ -54,7 +55,7 @@ public class AggregateBench {
     @Param({"2", "10", "100"})
     public int clients;
 
-    @Param({"uniform", "paper"})
+    @Param({"uniform", "paper", "pow2"})
     public String mix;
 
     private Aggregator aggregator;

@@ -76,7 +76,16 @@ public final class Report {
         String envText = Files.exists(env) ? Files.readString(env) : null;
         JsonNode first = new ObjectMapper().readTree(json.toFile()).path(0);
         Files.writeString(svg, new Report.Chart(results).svg(), StandardCharsets.UTF_8);
-        System.out.print(markdown(results, envText, first, svg.getFileName().toString()));
+        Path peersFile = json.resolveSibling("peers.jsonl");
+        List<JsonNode> peers = new ArrayList<>();
+        if (Files.exists(peersFile)) {
+            for (String line : Files.readAllLines(peersFile)) {
+                if (!line.isBlank()) {
+                    peers.add(new ObjectMapper().readTree(line));
+                }
+            }
+        }
+        System.out.print(markdown(results, envText, first, svg.getFileName().toString(), peers));
     }
 
     static List<Result> read(Path json) throws IOException {
@@ -109,6 +118,10 @@ public final class Report {
     // ---- Markdown ------------------------------------------------------------------------------
 
     static String markdown(List<Result> results, String env, JsonNode first, String chartName) {
+        return markdown(results, env, first, chartName, List.of());
+    }
+
+    static String markdown(List<Result> results, String env, JsonNode first, String chartName, List<JsonNode> peers) {
         StringBuilder md = new StringBuilder();
         md.append("# fedlora aggregation benchmarks\n\n");
         if (env != null) {
@@ -166,6 +179,7 @@ public final class Report {
         md.append(".\n\n");
 
         List<Result> aggregate = select(results, r -> r.type().equals("AggregateBench"));
+        issue8(md, aggregate, triad, peers);
         issue2(md, aggregate, triad);
         targets(md, aggregate, triad);
         md.append("## Aggregation\n\n![GB/s against K](").append(chartName).append(")\n\n");
@@ -197,6 +211,69 @@ public final class Report {
         padding(md, select(results, r -> r.type().equals("PadBench")));
         kernels(md, select(results, r -> r.type().equals("KernelBench")), triad);
         return md.toString();
+    }
+
+    /**
+     * Issue 8's targets on its workload (REPLICATION, 16 clients, both Llama modules, each rank mix):
+     * batch >= 70% of the triad and >= 3x the careful torch loop measured in the same run (peers.jsonl
+     * beside the results, written by {@code bin/fedlora-bench issue8}); streaming >= 75% of its own
+     * traffic limit ({@link Workload#streamingTraffic} at the triad's rate).
+     */
+    static void issue8(StringBuilder md, List<Result> aggregate, double triad, List<JsonNode> peers) {
+        List<Result> slice = select(aggregate, r -> r.p("shape").equals("llama7b") && r.clients() == 16
+                && r.p("strategy").equals("replication") && !r.method().equals("padThenAverage"));
+        if (slice.isEmpty() || select(slice, r -> r.p("mix").equals("pow2")).isEmpty()) {
+            return;
+        }
+        md.append("## Issue 8 configuration\n\nOne REPLICATION round of 16 clients, one 4096x4096 and one 11008x4096 "
+                + "module, in-process steady state, measured in the same run as the triad. Ranks uniform from 8..64 "
+                + "(`uniform`) and from {8, 16, 32, 64} (`pow2`), seeded. Streaming's own limit: every client read once, "
+                + "the sums it touches read and written, the sums read and the global adapter written once at finish, "
+                + "at the triad's rate. Peers: `benchmarks/baseline/careful_loop.py` (zeroed global, "
+                + "`a[:r].add_(A_k, alpha=w)`, `b[:, :r].add_(B_k, alpha=w)`, one divide), median of its repeats.\n\n");
+        md.append("| mix | who | path | time (ms) | GB/s | % triad | target |\n|---|---|---|---:|---:|---:|---|\n");
+        for (String mix : List.of("uniform", "pow2")) {
+            JsonNode torch = null;
+            for (JsonNode peer : peers) {
+                if (peer.path("label").asText().equals(mix)) {
+                    double ms = peer.path("median_ms").asDouble();
+                    md.append("| ").append(mix).append(" | ").append(peer.path("version").asText()).append(" | careful loop | ")
+                            .append(g3(ms)).append(" (best ").append(g3(peer.path("best_ms").asDouble())).append(") | ")
+                            .append(f1(peer.path("gbps").asDouble())).append(" | ")
+                            .append(Double.isFinite(triad) ? pct(peer.path("gbps").asDouble() / triad) : "").append(" | |\n");
+                    if (peer.path("peer").asText().equals("torch")) {
+                        torch = peer;
+                    }
+                }
+            }
+            for (String backend : List.of("vector", "scalar", "cuda")) {
+                for (String path : List.of("fused", "streaming")) {
+                    Result r = first(slice, x -> x.p("mix").equals(mix) && x.p("backend").equals(backend) && x.method().equals(path));
+                    if (r == null) {
+                        continue;
+                    }
+                    String target;
+                    if (path.equals("fused")) {
+                        double share = r.gbps() / triad;
+                        target = (share >= 0.7 ? "met" : "missed") + ": " + pct(share) + " of triad (>= 70%)";
+                        if (torch != null) {
+                            double speedUp = torch.path("median_ms").asDouble() / r.ms();
+                            target += "; " + f2(speedUp) + "x torch (" + (speedUp >= 3 ? "met" : "missed") + ", >= 3x)";
+                        }
+                    } else {
+                        long traffic = Workload.streamingTraffic(r.p("shape"), mix, r.clients());
+                        double limitMs = traffic / (triad * 1e9) * 1e3;
+                        double share = limitMs / r.ms();
+                        target = (share >= 0.75 ? "met" : "missed") + ": " + pct(share) + " of its own limit ("
+                                + g3(limitMs) + " ms for " + mb(traffic) + " MB; >= 75%)";
+                    }
+                    md.append("| ").append(mix).append(" | fedlora ").append(backendLabel(backend)).append(" | ")
+                            .append(pathTitle(path)).append(" | ").append(time(r)).append(" | ").append(rate(r))
+                            .append(" | ").append(share(r, triad)).append(" | ").append(target).append(" |\n");
+                }
+            }
+        }
+        md.append('\n');
     }
 
     /** The lead's issue-2 configuration: REPLICATION, 16 clients, both Llama modules, ranks 8..64. */

@@ -29,10 +29,12 @@ import org.openjdk.jmh.runner.options.TimeValue;
  * Runs a named plan of JMH runs (each its own slice of the parameter grid, since one JMH run can
  * only take a full cross product) and writes all results to one JSON file, plus an env.txt
  * beside it with the date, CPU and JVM. Plans: full (the committed results, ~20 minutes on 2
- * cores), issue2 (the lead's configuration and the triad only), smoke (CI: every benchmark once,
- * smallest shapes; fails when one did not produce a score).
+ * cores), issue2 (the lead's configuration and the triad only), issue8 (batch and streaming
+ * REPLICATION rounds of 16 clients on both Llama modules, ranks 8..64 and {8, 16, 32, 64}, between
+ * two triads), smoke (CI: every benchmark once, smallest shapes; fails when one did not produce a
+ * score).
  *
- * <p>Usage: {@code Suite full|issue2|smoke OUTPUT.json}
+ * <p>Usage: {@code Suite full|issue2|issue8|smoke OUTPUT.json}
  */
 public final class Suite {
     private Suite() {
@@ -46,7 +48,7 @@ public final class Suite {
 
     public static void main(String[] args) throws RunnerException, IOException {
         if (args.length != 2) {
-            System.err.println("usage: Suite full|issue2|smoke OUTPUT.json");
+            System.err.println("usage: Suite full|issue2|issue8|smoke OUTPUT.json");
             System.exit(2);
         }
         String plan = args[0];
@@ -61,7 +63,7 @@ public final class Suite {
             if (smoke) {
                 options.warmupIterations(1).warmupTime(TimeValue.milliseconds(20))
                         .measurementIterations(1).measurementTime(TimeValue.milliseconds(50));
-            } else if (plan.equals("issue2")) {
+            } else if (plan.equals("issue2") || plan.equals("issue8")) {
                 // Steady state, as a long-running server sees it: C2 has compiled the Vector API
                 // loops (that takes seconds of warm-up here, not 0.4 s), and the heap's pages
                 // have been touched once (a first touch costs ~13 us a page on this VM).
@@ -87,6 +89,9 @@ public final class Suite {
         Slice issue2 = new Slice(aggregate, params("shape", "llama7b", "clients", "16", "mix", "uniform",
                 "strategy", "replication", "backend", "scalar,vector"));
         Slice triadSlice = new Slice(triad, Map.of());
+        // Issue 8: batch and streaming only (pad-then-average is issue 2's question), both rank mixes.
+        Slice issue8 = new Slice(aggregate + "(fused|streaming)$", params("shape", "llama7b", "clients", "16",
+                "mix", "uniform,pow2", "strategy", "replication", "backend", "vector,scalar"));
         return switch (plan) {
             case "full" -> List.of(
                     triadSlice,
@@ -99,12 +104,13 @@ public final class Suite {
                     // Measured again at the end: the two triads bracket the run and show its drift.
                     triadSlice);
             case "issue2" -> List.of(triadSlice, issue2, triadSlice);
+            case "issue8" -> List.of(triadSlice, issue8, triadSlice);
             case "smoke" -> List.of(
                     new Slice(aggregate, params("shape", "distilbert", "clients", "2", "mix", "paper")),
                     new Slice(pad, params("shape", "distilbert")),
                     new Slice(kernel, params("shape", "distilbert", "clients", "2")),
                     new Slice(triad, params("elements", "1048576")));
-            default -> throw new IllegalArgumentException("unknown plan '" + plan + "'; expected full, issue2 or smoke");
+            default -> throw new IllegalArgumentException("unknown plan '" + plan + "'; expected full, issue2, issue8 or smoke");
         };
     }
 

@@ -18,6 +18,23 @@ public final class Workload {
 
     static final long SEED = 20240625L;
 
+    /**
+     * {@code Workload ranks MIX CLIENTS}: prints the ranks, comma-separated, so that the Python
+     * peers in baseline/ aggregate exactly the shapes the JMH run did.
+     */
+    public static void main(String[] args) {
+        if (args.length != 3 || !args[0].equals("ranks")) {
+            System.err.println("usage: Workload ranks uniform|pow2|paper CLIENTS");
+            System.exit(2);
+        }
+        int[] ranks = ranks(args[1], Integer.parseInt(args[2]));
+        StringBuilder out = new StringBuilder();
+        for (int r : ranks) {
+            out.append(out.isEmpty() ? "" : ",").append(r);
+        }
+        System.out.println(out);
+    }
+
     /** One adapted layer: lora_A is {@code [r, in]}, lora_B is {@code [out, r]} (PEFT layout). */
     public record Module(String name, int in, int out) {
         String keyA() {
@@ -49,7 +66,9 @@ public final class Workload {
     /**
      * Client ranks. paper: the mix of Byun and Lee (arXiv 2406.17477), 90% rank 5 and 10% rank 20;
      * at least one client has rank 20 so that small rounds are heterogeneous too (K=2 gets one of
-     * each). uniform: each rank drawn uniformly from 8..64.
+     * each). uniform: each rank drawn uniformly from 8..64 (arbitrary ranks: most are not a
+     * multiple of any vector width). pow2: each drawn uniformly from {8, 16, 32, 64}. Issue 8
+     * measures both.
      */
     public static int[] ranks(String mix, int clients) {
         SplittableRandom random = new SplittableRandom(SEED ^ clients);
@@ -60,6 +79,11 @@ public final class Workload {
                     ranks[k] = random.nextInt(8, 65);
                 }
             }
+            case "pow2" -> {
+                for (int k = 0; k < clients; k++) {
+                    ranks[k] = 8 << random.nextInt(4);
+                }
+            }
             case "paper" -> {
                 java.util.Arrays.fill(ranks, 5);
                 int high = Math.max(1, (int) Math.round(0.1 * clients));
@@ -68,7 +92,7 @@ public final class Workload {
                     ranks[order[h]] = 20;
                 }
             }
-            default -> throw new IllegalArgumentException("unknown rank mix '" + mix + "'; expected paper or uniform");
+            default -> throw new IllegalArgumentException("unknown rank mix '" + mix + "'; expected paper, uniform or pow2");
         }
         return ranks;
     }
@@ -136,5 +160,26 @@ public final class Workload {
             written += (long) globalRank * (m.in() + m.out());
         }
         return Float.BYTES * (read + written);
+    }
+
+    /**
+     * The bytes a streaming round must move at the least, its own traffic limit: every client read
+     * once, the sums it touches ({@code r_k} rows of A's, {@code r_k} columns of B's) read and
+     * written once per client, then finish reads the sums and writes the global adapter once.
+     */
+    public static long streamingTraffic(String shape, String mix, int clients) {
+        int[] ranks = ranks(mix, clients);
+        int globalRank = 0;
+        long clientElements = 0, globalElements = 0;
+        for (int r : ranks) {
+            globalRank = Math.max(globalRank, r);
+        }
+        for (Module m : modules(shape)) {
+            for (int r : ranks) {
+                clientElements += (long) r * (m.in() + m.out());
+            }
+            globalElements += (long) globalRank * (m.in() + m.out());
+        }
+        return Float.BYTES * (3 * clientElements + 2 * globalElements);
     }
 }

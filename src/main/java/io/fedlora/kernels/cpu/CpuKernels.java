@@ -1,11 +1,9 @@
 package io.fedlora.kernels.cpu;
 
-import io.fedlora.tensor.Matrix;
 import io.fedlora.kernels.Accumulator;
-
 import io.fedlora.kernels.Kernels;
-
 import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Matrix;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 import java.util.concurrent.ForkJoinPool;
@@ -19,11 +17,24 @@ import java.util.stream.IntStream;
  * loops over rows, all written once in terms of five row primitives that each backend supplies.
  * The split never changes the arithmetic (every output element is computed by one thread, in
  * source order), so results do not depend on the thread count.
+ *
+ * <p>Every block of sums has rows padded to a multiple of {@link #ROW_ALIGN} floats: the batch
+ * path's per-thread tile (zeroed, summed into by every source while it sits in L1, then scaled
+ * into the caller's output, which is written once) and the streaming accumulators. A B factor's
+ * short rows (rank 8, 37, 64, ...) are then whole vectors on the sums side for any rank (issue 8:
+ * short rows of ranks that are not a multiple of the vector width were the slow case), and no
+ * primitive ever writes past the logical end of a row of the caller's memory.
  */
 public abstract class CpuKernels implements Kernels {
 
     /** Elements per tile: 32 KiB of float32, so a tile of sums stays in L1 while all clients pass. */
-    protected static final int TILE = 8192;
+    static final int TILE = 8192;
+    /**
+     * Rows of every block of sums (a tile, an accumulator) are padded to a multiple of this many
+     * floats: 64 bytes, one cache line and one vector of the widest species, so a row of any
+     * length is whole vectors on the sums side.
+     */
+    static final int ROW_ALIGN = 16;
     /** Below this many elements an operation stays on the calling thread. */
     static final long PARALLEL_MIN = 1L << 17;
 
@@ -43,37 +54,41 @@ public abstract class CpuKernels implements Kernels {
     }
 
     // ---- the primitives a backend implements ------------------------------------------------
-    // Each works on a block of rows with strides, so that the short rows of a B factor (a few to
-    // 64 elements) stay inside one loop of the backend instead of one call per row.
+    // Package-private: only the two CPU backends beside this class supply or call them. Each works
+    // on a block of rows with strides, so that the short rows of a B factor (a few to 64 elements)
+    // stay inside one loop of the backend instead of one call per row.
 
     /**
      * {@code acc[accOff + i * accStride + t] = fma(w, src[srcOff + i * srcStride + t], acc[...])} for
-     * {@code i < rows, t < n}; src offsets count elements. Elements of acc below {@code writableEnd}
-     * outside those runs belong to the calling thread too: a backend may rewrite them with their own
-     * value (a whole-vector store past a short row), never change them. -1: no such elements.
+     * {@code i < rows, t < n}; src offsets count elements. acc is a padded block: each run is followed
+     * by sums of the same thread up to {@code padded(n)}, which a backend may rewrite with
+     * {@code fma(w, 0, v)}, that is with v itself (sums start at +0 and never become -0, and weights
+     * are finite), so that a short row is whole vectors on the acc side.
      */
-    protected abstract void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
-            long srcStride, int rows, int n, float w, int writableEnd);
+    abstract void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+            long srcStride, int rows, int n, float w);
 
     /**
-     * {@code v[off + i * stride + t] = in[...] * (rowScale[rowOff + i] * colScale[colOff + t])}, written to
-     * {@code out} at the same place; a null scale is all ones. Returns true iff every result is finite.
+     * {@code out[outOff + i * outStride + t] = in[inOff + i * inStride + t] * (rowScale[rowOff + i] *
+     * colScale[colOff + t])} for {@code i < rows, t < n}, the factor rounded to float32 first; a null
+     * scale is all ones. Writes exactly those elements of out; in is a padded block as for axpy.
+     * Returns true iff every result is finite.
      */
-    protected abstract boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
-            float[] rowScale, int rowOff, float[] colScale, int colOff);
+    abstract boolean scale(float[] out, int outOff, int outStride, float[] in, int inOff, int inStride, int rows,
+            int n, float[] rowScale, int rowOff, float[] colScale, int colOff);
 
     /** True iff no element of the {@code rows x n} block at {@code srcOff} (row stride srcStride) is NaN or infinite. */
-    protected abstract boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n);
+    abstract boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n);
 
     /** Conversion copy of a {@code rows x n} block to float32: {@code out[outOff + i * outStride + t] = src(...)}. */
-    protected abstract void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+    abstract void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
             long srcStride, int rows, int n);
 
     /**
      * {@code gram[i * r + j] += sum over rows[first .. first + count) of row[i] * row[j]}, rows of
      * length r back to back: the outer products behind NORM's Gram matrices.
      */
-    protected abstract void gramUpdate(double[] gram, float[] rows, int first, int count, int r);
+    abstract void gramUpdate(double[] gram, float[] rows, int first, int count, int r);
 
     // ---- Kernels -----------------------------------------------------------------------------
 
@@ -82,6 +97,9 @@ public abstract class CpuKernels implements Kernels {
         return new CpuAccumulator(rows, cols);
     }
 
+    /** Per-thread tile of sums, padded rows: zeroed, summed into by every source, then scaled into out once. */
+    private static final ThreadLocal<float[]> TILE_SUMS = ThreadLocal.withInitial(() -> new float[TILE + ROW_ALIGN]);
+
     @Override
     public int weightedSum(float[] out, int rows, int cols, Matrix[] sources, float[] weights,
             float[] rowScale, float[] colScale) {
@@ -89,14 +107,11 @@ public abstract class CpuKernels implements Kernels {
         AtomicInteger firstBad = new AtomicInteger(Integer.MAX_VALUE);
         forEachTile(tiling, tile -> {
             int r0 = tiling.row0(tile), r1 = tiling.row1(tile), c0 = tiling.col0(tile), c1 = tiling.col1(tile);
-            for (int i = r0; i < r1; i++) {
-                Arrays.fill(out, i * cols + c0, i * cols + c1, 0f);
-            }
-            int writableEnd = tiling.ownedEnd(tile, out.length);
-            for (int k = 0; k < sources.length; k++) {
-                addTile(out, cols, r0, r1, c0, c1, sources[k], weights[k], writableEnd);
-            }
-            if (!scale(out, out, r0 * cols + c0, cols, r1 - r0, c1 - c0, rowScale, r0, colScale, c0)) {
+            int width = padded(c1 - c0);
+            float[] sums = TILE_SUMS.get();
+            Arrays.fill(sums, 0, (r1 - r0) * width, 0f);
+            addSources(sums, -r0 * width - c0, width, r0, r1, c0, c1, sources, weights);
+            if (!scale(out, r0 * cols + c0, cols, sums, 0, width, r1 - r0, c1 - c0, rowScale, r0, colScale, c0)) {
                 // A non-finite input always leaves a non-finite sum (fma with NaN or inf, even with
                 // weight 0, gives NaN or inf), so only a bad tile is scanned again to name its source.
                 firstBad.accumulateAndGet(badSource(sources, r0, r1, c0, c1), Math::min);
@@ -119,19 +134,35 @@ public abstract class CpuKernels implements Kernels {
         return sources.length;
     }
 
-    /** sums[r0..r1, c0..c1) += w * src over the part of the tile inside src; one run when both are contiguous. */
-    private void addTile(float[] sums, int cols, int r0, int r1, int c0, int c1, Matrix src, float w, int writableEnd) {
+    /**
+     * Adds every source, in order, to the tile [r0, r1) x [c0, c1) whose cell (i, j) sits at
+     * {@code sums[base + i * stride + j]}: one {@link #addTile} each here; a backend may fuse
+     * several sources into one pass over the sums, as long as each cell still takes its sources'
+     * fmas in source order.
+     */
+    void addSources(float[] sums, int base, int stride, int r0, int r1, int c0, int c1, Matrix[] sources,
+            float[] weights) {
+        for (int k = 0; k < sources.length; k++) {
+            addTile(sums, base, stride, r0, r1, c0, c1, sources[k], weights[k]);
+        }
+    }
+
+    /**
+     * Sums cell (i, j) of the tile [r0, r1) x [c0, c1) sits at {@code sums[base + i * stride + j]}; adds w
+     * times the part of src inside the tile, as one run when both are contiguous there.
+     */
+    final void addTile(float[] sums, int base, int stride, int r0, int r1, int c0, int c1, Matrix src, float w) {
         int re = Math.min(r1, src.rows());
         int ce = Math.min(c1, src.cols());
         if (re <= r0 || ce <= c0) {
             return;
         }
         long srcOff = src.offset() + (long) r0 * src.rowStride() + c0;
-        if (c0 == 0 && ce == cols && src.rowStride() == cols) {
-            axpy(sums, r0 * cols, 0, src.data(), src.dtype(), srcOff, 0, 1, (re - r0) * cols, w, writableEnd);
+        int accOff = base + r0 * stride + c0;
+        if (ce - c0 == stride && src.rowStride() == stride) {
+            axpy(sums, accOff, 0, src.data(), src.dtype(), srcOff, 0, 1, (re - r0) * stride, w);
         } else {
-            axpy(sums, r0 * cols + c0, cols, src.data(), src.dtype(), srcOff, src.rowStride(), re - r0, ce - c0, w,
-                    writableEnd);
+            axpy(sums, accOff, stride, src.data(), src.dtype(), srcOff, src.rowStride(), re - r0, ce - c0, w);
         }
     }
 
@@ -218,35 +249,26 @@ public abstract class CpuKernels implements Kernels {
 
     // ---- tiling and the split across cores ----------------------------------------------------
 
-    /** Tiles of at most TILE elements: whole rows when rows are short (B factors), column chunks when long (A). */
+    /** {@code n} rounded up to a multiple of ROW_ALIGN: the row stride of a block of sums. */
+    static int padded(int n) {
+        return (n + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
+    }
+
+    /**
+     * Tiles of sums of at most TILE elements (rows padded): whole rows when rows are short (B
+     * factors), column chunks of TILE when longer (TILE is a multiple of ROW_ALIGN, so chunks
+     * never share a padded vector).
+     */
     static final class Tiling {
-        final int rows, cols, stride, colChunk, rowsPerTile, colTiles, tiles;
+        final int rows, cols, colChunk, rowsPerTile, colTiles, tiles;
 
         Tiling(int rows, int cols) {
-            this(rows, cols, cols);
-        }
-
-        /** Tiles over the top-left rows x cols of an array whose rows are {@code stride} long. */
-        Tiling(int rows, int cols, int stride) {
             this.rows = rows;
             this.cols = cols;
-            this.stride = stride;
             this.colChunk = Math.max(1, Math.min(cols, TILE));
-            this.rowsPerTile = Math.max(1, TILE / colChunk);
+            this.rowsPerTile = Math.max(1, TILE / padded(colChunk));
             this.colTiles = cols == 0 ? 0 : (cols + colChunk - 1) / colChunk;
             this.tiles = ((rows + rowsPerTile - 1) / rowsPerTile) * colTiles;
-        }
-
-        /**
-         * The end of what only tile t's thread writes in an array laid out as rows of {@code stride}:
-         * the end of its rows, or of the array for the last tile; -1 when rows are cut into column
-         * tiles (a neighbouring tile shares the row).
-         */
-        int ownedEnd(int t, int length) {
-            if (colTiles != 1) {
-                return -1;
-            }
-            return row1(t) == rows ? length : row1(t) * stride;
         }
 
         int row0(int t) { return (t / colTiles) * rowsPerTile; }
@@ -320,15 +342,21 @@ public abstract class CpuKernels implements Kernels {
 
     // ---- heap accumulator ----------------------------------------------------------------------
 
-    /** Sums in a float[] on the heap; every operation goes through the row primitives above. */
+    /**
+     * Sums in a float[] on the heap, rows padded to {@link #padded} (the padding stays +0), and
+     * room for rows up to the next multiple of ROW_ALIGN: a round's ranks grow client by client,
+     * and growing within that room is free (cells never written are +0). Every operation goes
+     * through the row primitives above.
+     */
     final class CpuAccumulator implements Accumulator {
-        private int rows, cols;
+        private int rows, cols, stride;
         private float[] sums;
 
         CpuAccumulator(int rows, int cols) {
             this.rows = rows;
             this.cols = cols;
-            this.sums = new float[Math.multiplyExact(rows, cols)];
+            this.stride = padded(cols);
+            this.sums = new float[Math.multiplyExact(padded(rows), stride)];
         }
 
         @Override
@@ -343,18 +371,17 @@ public abstract class CpuKernels implements Kernels {
 
         @Override
         public void add(Matrix src, float weight) {
-            Tiling tiling = new Tiling(Math.min(rows, src.rows()), Math.min(cols, src.cols()), cols);
+            Tiling tiling = new Tiling(Math.min(rows, src.rows()), Math.min(cols, src.cols()));
             float[] s = sums;
-            int stride = cols;
-            // Rows past src's are not written by anyone in this call: the last tile owns them too.
-            forEachTile(tiling, tile -> addTile(s, stride, tiling.row0(tile), tiling.row1(tile),
-                    tiling.col0(tile), tiling.col1(tile), src, weight, tiling.ownedEnd(tile, s.length)));
+            int st = stride;
+            forEachTile(tiling, tile -> addTile(s, 0, st, tiling.row0(tile), tiling.row1(tile),
+                    tiling.col0(tile), tiling.col1(tile), src, weight));
         }
 
         @Override
         public void add(Accumulator other) {
             CpuAccumulator o = (CpuAccumulator) other;
-            add(Matrix.of(o.sums, o.rows, o.cols), 1f);
+            add(new Matrix(MemorySegment.ofArray(o.sums), DType.F32, 0, o.rows, o.cols, o.stride), 1f);
         }
 
         @Override
@@ -365,20 +392,28 @@ public abstract class CpuKernels implements Kernels {
             if (newRows == rows && newCols == cols) {
                 return;
             }
-            float[] grown = new float[Math.multiplyExact(newRows, newCols)];
+            int newStride = padded(newCols);
+            if (newStride == stride && (long) newRows * stride <= sums.length) {
+                rows = newRows;
+                cols = newCols;
+                return;
+            }
+            float[] grown = new float[Math.multiplyExact(padded(newRows), newStride)];
             for (int i = 0; i < rows; i++) {
-                System.arraycopy(sums, i * cols, grown, i * newCols, cols);
+                System.arraycopy(sums, i * stride, grown, i * newStride, cols);
             }
             sums = grown;
             rows = newRows;
             cols = newCols;
+            stride = newStride;
         }
 
         @Override
         public void finish(float[] out, float[] rowScale, float[] colScale) {
             float[] s = sums;
-            int c = cols;
-            forEachRowBlock(rows, cols, (r0, r1) -> scale(out, s, r0 * c, c, r1 - r0, c, rowScale, r0, colScale, 0));
+            int c = cols, st = stride;
+            forEachRowBlock(rows, cols, (r0, r1) ->
+                    scale(out, r0 * c, c, s, r0 * st, st, r1 - r0, c, rowScale, r0, colScale, 0));
         }
 
         @Override
@@ -386,6 +421,7 @@ public abstract class CpuKernels implements Kernels {
             sums = new float[0];
             rows = 0;
             cols = 0;
+            stride = 0;
         }
     }
 }

@@ -1,7 +1,6 @@
 package io.fedlora.kernels.cpu;
 
 import io.fedlora.tensor.DType;
-import io.fedlora.kernels.cpu.CpuKernels;
 import java.lang.foreign.MemorySegment;
 
 /**
@@ -29,32 +28,7 @@ public final class ScalarKernels extends CpuKernels {
     }
 
     @Override
-    protected void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
-            long srcStride, int rows, int n, float w, int writableEnd) {
-        axpyLoop(acc, accOff, accStride, src, dtype, srcOff, srcStride, rows, n, w);
-    }
-
-    @Override
-    protected boolean scale(float[] out, float[] in, int off, int stride, int rows, int n,
-            float[] rowScale, int rowOff, float[] colScale, int colOff) {
-        return scaleLoop(out, in, off, stride, rows, n, rowScale, rowOff, colScale, colOff);
-    }
-
-    @Override
-    protected boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
-        return finiteLoop(src, dtype, srcOff, srcStride, rows, n);
-    }
-
-    @Override
-    protected void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
-            long srcStride, int rows, int n) {
-        loadLoop(out, outOff, outStride, src, dtype, srcOff, srcStride, rows, n);
-    }
-
-    // The reference loops themselves, public so that another backend can stand in with them
-    // (VectorKernels does while the JIT compiles its vector loops). Same contracts as the primitives.
-
-    public static void axpyLoop(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
+    void axpy(float[] acc, int accOff, int accStride, MemorySegment src, DType dtype, long srcOff,
             long srcStride, int rows, int n, float w) {
         for (int i = 0; i < rows; i++) {
             int a = accOff + i * accStride;
@@ -65,22 +39,24 @@ public final class ScalarKernels extends CpuKernels {
         }
     }
 
-    public static boolean scaleLoop(float[] out, float[] in, int off, int stride, int rows, int n,
+    @Override
+    boolean scale(float[] out, int outOff, int outStride, float[] in, int inOff, int inStride, int rows, int n,
             float[] rowScale, int rowOff, float[] colScale, int colOff) {
         boolean finite = true;
         for (int i = 0; i < rows; i++) {
             float rowFactor = rowScale == null ? 1f : rowScale[rowOff + i];
             for (int t = 0; t < n; t++) {
                 float factor = colScale == null ? rowFactor : rowFactor * colScale[colOff + t];
-                float v = in[off + i * stride + t] * factor;
-                out[off + i * stride + t] = v;
+                float v = in[inOff + i * inStride + t] * factor;
+                out[outOff + i * outStride + t] = v;
                 finite &= Float.isFinite(v);
             }
         }
         return finite;
     }
 
-    public static boolean finiteLoop(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
+    @Override
+    boolean finite(MemorySegment src, DType dtype, long srcOff, long srcStride, int rows, int n) {
         for (int i = 0; i < rows; i++) {
             for (int t = 0; t < n; t++) {
                 if (!Float.isFinite(dtype.get(src, srcOff + i * srcStride + t))) {
@@ -91,7 +67,8 @@ public final class ScalarKernels extends CpuKernels {
         return true;
     }
 
-    public static void loadLoop(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
+    @Override
+    void load(float[] out, int outOff, int outStride, MemorySegment src, DType dtype, long srcOff,
             long srcStride, int rows, int n) {
         for (int i = 0; i < rows; i++) {
             for (int t = 0; t < n; t++) {
@@ -101,7 +78,7 @@ public final class ScalarKernels extends CpuKernels {
     }
 
     @Override
-    protected void gramUpdate(double[] gram, float[] rows, int first, int count, int r) {
+    void gramUpdate(double[] gram, float[] rows, int first, int count, int r) {
         for (int row = first; row < first + count; row++) {
             int x = row * r;
             for (int i = 0; i < r; i++) {

@@ -1,15 +1,15 @@
 package io.fedlora.kernels.cuda;
 
-import static io.fedlora.kernels.cuda.CudaDevice.ACCUMULATE;
-import static io.fedlora.kernels.cuda.CudaDevice.ALL_FINITE;
-import static io.fedlora.kernels.cuda.CudaDevice.CONVERT;
-import static io.fedlora.kernels.cuda.CudaDevice.FINISH;
-import static io.fedlora.kernels.cuda.CudaDevice.PAD;
-import static io.fedlora.kernels.cuda.CudaDevice.offset;
+import static io.fedlora.kernels.cuda.CudaSession.ACCUMULATE;
+import static io.fedlora.kernels.cuda.CudaSession.ALL_FINITE;
+import static io.fedlora.kernels.cuda.CudaSession.CONVERT;
+import static io.fedlora.kernels.cuda.CudaSession.FINISH;
+import static io.fedlora.kernels.cuda.CudaSession.PAD;
+import static io.fedlora.kernels.cuda.CudaSession.offset;
 
-import io.fedlora.tensor.DType;
 import io.fedlora.kernels.Accumulator;
 import io.fedlora.kernels.Kernels;
+import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Matrix;
 import java.util.ArrayList;
 import java.util.List;
@@ -17,33 +17,67 @@ import jcuda.driver.CUdeviceptr;
 
 /**
  * The CUDA backend: the kernels of {@code cuda/*.cu} (shipped as one PTX resource) through the
- * JCuda driver API, and cuBLAS through JCublas2 for the Gram matrices of NORM weights. Matches
- * {@code ScalarKernels}: copies bit for bit, sums with the same FMA sequence (DESIGN §2, §4).
+ * JCuda driver API, and cuBLAS through JCublas2 for the Gram matrices of NORM weights, loaded
+ * only when NORM needs them ({@link DenseAlgebra}). Matches {@code ScalarKernels}: copies bit
+ * for bit, sums with the same FMA sequence (DESIGN §2, §4).
  *
  * <p>Constructing it is the probe: it throws {@link UnsupportedOperationException} with the
  * reason when CUDA cannot run here (no driver, no device, too little device memory), which
  * {@code Backends} turns into a fallback for {@code auto} and an error for a forced "cuda".
- * Thread-safe: calls are serialised on the device. Without a GPU, the device emulator in
+ * Thread-safe: calls are serialised on the session. Without a GPU, the device emulator in
  * {@code native/} stands in for the driver (see native/README.md).
  */
 public final class CudaKernels implements Kernels {
 
-    private final CudaDevice device;
+    private final CudaSession session;
+    private final StagingRing ring;
+    private final DenseAlgebra dense;
     private final List<CudaAccumulator> open = new ArrayList<>();
+    private boolean closed;
 
     /** Opens device 0, or throws UnsupportedOperationException(reason). */
     public CudaKernels() {
-        device = new CudaDevice();
+        String cause = CudaProbe.unavailabilityCause();
+        if (cause != null) {
+            throw new UnsupportedOperationException(cause);
+        }
+        CudaSession opened = null;
+        try {
+            opened = new CudaSession();
+            ring = new StagingRing(opened);
+        } catch (RuntimeException e) {
+            if (opened != null) {
+                try {
+                    opened.close();
+                } catch (RuntimeException suppressed) {
+                    e.addSuppressed(suppressed);
+                }
+            }
+            if (e instanceof UnsupportedOperationException unsupported) {
+                throw unsupported;
+            }
+            throw new UnsupportedOperationException("the CUDA device could not be set up: " + e.getMessage(), e);
+        }
+        session = opened;
+        dense = new DenseAlgebra(session);
     }
 
     /** True when the one probe found a working driver and device. */
     public static boolean isAvailable() {
-        return CudaDevice.unavailabilityCause() == null;
+        return CudaProbe.unavailabilityCause() == null;
     }
 
     /** Why CUDA cannot run here, or null when it can. */
     public static String unavailabilityCause() {
-        return CudaDevice.unavailabilityCause();
+        return CudaProbe.unavailabilityCause();
+    }
+
+    /**
+     * Null when cuBLAS loads here (NORM weights and, later, the product-space algebra run on the
+     * GPU), else why not; loads JCublas2 on the first call. Everything else runs without it.
+     */
+    public static String denseAlgebraUnavailabilityCause() {
+        return isAvailable() ? DenseAlgebra.unavailabilityCause() : unavailabilityCause();
     }
 
     @Override
@@ -53,14 +87,14 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public String description() {
-        return device.description();
+        return session.description() + String.format(", staging %d KiB x %d", ring.slotBytes() >> 10, StagingRing.SLOTS);
     }
 
     @Override
     public Accumulator newAccumulator(int rows, int cols) {
-        synchronized (device) {
-            device.makeCurrent();
-            CudaAccumulator accumulator = new CudaAccumulator(this, device, rows, cols);
+        synchronized (session) {
+            session.makeCurrent();
+            CudaAccumulator accumulator = new CudaAccumulator(this, session, ring, rows, cols);
             open.add(accumulator);
             return accumulator;
         }
@@ -68,9 +102,37 @@ public final class CudaKernels implements Kernels {
 
     /** Makes the device's context current on this thread and returns its free memory (for tests and diagnostics). */
     long freeDeviceBytes() {
-        synchronized (device) {
-            device.makeCurrent();
-            return device.freeBytes();
+        synchronized (session) {
+            session.makeCurrent();
+            return session.freeBytes();
+        }
+    }
+
+    /**
+     * Float64 {@code C = alpha op(A) op(B) + beta C} on the device (column-major host arrays), for
+     * the product-space operations; see {@link DenseAlgebra#gemm}. Needs cuBLAS.
+     */
+    double[] gemm(String operation, boolean transA, boolean transB, int m, int n, int k, double alpha, double[] a, int lda,
+            double[] b, int ldb, double beta, double[] c, int ldc) {
+        synchronized (session) {
+            session.makeCurrent();
+            return dense.gemm(operation, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        }
+    }
+
+    /** Float64 {@code C = alpha op(A) op(A)^T + beta C} on one triangle; see {@link DenseAlgebra#syrk}. Needs cuBLAS. */
+    double[] syrk(String operation, boolean upper, boolean transA, int n, int k, double alpha, double[] a, int lda, double beta,
+            double[] c, int ldc) {
+        synchronized (session) {
+            session.makeCurrent();
+            return dense.syrk(operation, upper, transA, n, k, alpha, a, lda, beta, c, ldc);
+        }
+    }
+
+    /** For bin/gpu-check's per-kernel harness: validates kernels over several block sizes. */
+    void threadsPerBlock(int threads) {
+        synchronized (session) {
+            session.threadsPerBlock(threads);
         }
     }
 
@@ -87,18 +149,17 @@ public final class CudaKernels implements Kernels {
     @Override
     public int weightedSum(float[] out, int rows, int cols, Matrix[] sources, float[] weights, float[] rowScale,
             float[] colScale) {
-        synchronized (device) {
-            device.makeCurrent();
+        synchronized (session) {
+            session.makeCurrent();
             int count = sources.length;
-            CUdeviceptr flags = null, rowScales = null, colScales = null;
-            try {
-                flags = device.alloc(4L * (count + 1), "weightedSum flags");
-                device.zero(flags, count + 1);
-                rowScales = device.upload(rowScale, "row scales");
-                colScales = device.upload(colScale, "column scales");
-                CUdeviceptr sums = device.outputSlot();
-                for (CudaDevice.Tile tile : device.tiles(rows, cols)) {
-                    device.zero(sums, (long) tile.rows() * tile.cols());
+            try (CudaSession.Scope scope = session.scope()) {
+                CUdeviceptr flags = scope.alloc(4L * (count + 1), "weightedSum flags");
+                session.zero(flags, count + 1);
+                CUdeviceptr rowScales = scope.upload(rowScale, "row scales");
+                CUdeviceptr colScales = scope.upload(colScale, "column scales");
+                CUdeviceptr sums = ring.outputSlot();
+                for (StagingRing.Tile tile : ring.tiles(rows, cols)) {
+                    session.zero(sums, (long) tile.rows() * tile.cols());
                     for (int k = 0; k < count; k++) {
                         Matrix src = sources[k];
                         int r = Math.min(src.rows() - tile.row0(), tile.rows());
@@ -106,18 +167,16 @@ public final class CudaKernels implements Kernels {
                         if (r <= 0 || c <= 0) {
                             continue; // zero-padding: this client holds nothing here
                         }
-                        int slot = device.nextInputSlot();
-                        CUdeviceptr staged = device.stage(slot, src, tile.row0(), tile.col0(), r, c);
-                        device.launch(ACCUMULATE, r, c, sums, tile.cols(), staged, src.dtype().ordinal(), c, r, c,
-                                weights[k], offset(flags, k));
-                        device.release(slot);
+                        float weight = weights[k];
+                        CUdeviceptr flag = offset(flags, k);
+                        ring.withStaged(src, tile.row0(), tile.col0(), r, c, staged -> session.launch(ACCUMULATE, r, c, sums,
+                                tile.cols(), staged, DTypeCode.of(src.dtype()), c, r, c, weight, flag));
                     }
-                    device.launch(FINISH, tile.rows(), tile.cols(), sums, tile.cols(), sums, tile.cols(), tile.rows(),
-                            tile.cols(), offset(rowScales, tile.row0()), offset(colScales, tile.col0()),
-                            offset(flags, count));
-                    device.download(sums, out, cols, tile);
+                    session.launch(FINISH, tile.rows(), tile.cols(), sums, tile.cols(), sums, tile.cols(), tile.rows(),
+                            tile.cols(), offset(rowScales, tile.row0()), offset(colScales, tile.col0()), offset(flags, count));
+                    ring.download(sums, out, cols, tile);
                 }
-                int[] found = device.readInts(flags, count + 1);
+                int[] found = session.readInts(flags, count + 1);
                 if (found[count] == 0) {
                     return -1;
                 }
@@ -127,53 +186,51 @@ public final class CudaKernels implements Kernels {
                     }
                 }
                 return count; // finite inputs whose weighted sum overflowed
-            } finally {
-                device.free(flags, rowScales, colScales);
             }
         }
     }
 
     @Override
     public void pad(float[] out, int rows, int cols, Matrix src, float[] donor) {
-        synchronized (device) {
-            device.makeCurrent();
+        synchronized (session) {
+            session.makeCurrent();
             Matrix donorMatrix = donor == null ? null : Matrix.of(donor, rows, cols);
-            CUdeviceptr result = device.outputSlot();
-            for (CudaDevice.Tile tile : device.tiles(rows, cols)) {
+            CUdeviceptr result = ring.outputSlot();
+            for (StagingRing.Tile tile : ring.tiles(rows, cols)) {
                 int r = Math.clamp(src.rows() - tile.row0(), 0, tile.rows());
                 int c = Math.clamp(src.cols() - tile.col0(), 0, tile.cols());
-                int srcSlot = device.nextInputSlot();
-                CUdeviceptr staged = r > 0 && c > 0 ? device.stage(srcSlot, src, tile.row0(), tile.col0(), r, c) : null;
-                int donorSlot = 1 - srcSlot;
-                CUdeviceptr donorTile = donorMatrix == null ? null
-                        : device.stage(donorSlot, donorMatrix, tile.row0(), tile.col0(), tile.rows(), tile.cols());
-                device.launch(PAD, tile.rows(), tile.cols(), result, tile.cols(), tile.rows(), tile.cols(), staged,
-                        src.dtype().ordinal(), c, r, c, donorTile, tile.cols());
-                device.release(srcSlot);
-                device.release(donorSlot);
-                device.download(result, out, cols, tile);
+                int donorRows = donorMatrix == null ? 0 : tile.rows();
+                ring.withStaged(src, tile.row0(), tile.col0(), r, c, staged -> ring.withStaged(donorMatrix, tile.row0(),
+                        tile.col0(), donorRows, tile.cols(), donorTile -> session.launch(PAD, tile.rows(), tile.cols(), result,
+                                tile.cols(), tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), c, r, c, donorTile,
+                                tile.cols())));
+                ring.download(result, out, cols, tile);
             }
         }
     }
 
+    /**
+     * On the host ({@link HostScan}): host-resident data read once here costs less than packing
+     * and uploading it, and the client then crosses PCIe once, for its sum. Needs no device lock.
+     */
     @Override
     public boolean allFinite(Matrix src) {
-        synchronized (device) {
-            device.makeCurrent();
-            CUdeviceptr flag = null;
-            try {
-                flag = device.alloc(4, "allFinite flag");
-                device.zero(flag, 1);
-                for (CudaDevice.Tile tile : device.tiles(src.rows(), src.cols())) {
-                    int slot = device.nextInputSlot();
-                    CUdeviceptr staged = device.stage(slot, src, tile.row0(), tile.col0(), tile.rows(), tile.cols());
-                    device.launch(ALL_FINITE, tile.rows(), tile.cols(), staged, src.dtype().ordinal(), tile.cols(),
-                            tile.rows(), tile.cols(), flag);
-                    device.release(slot);
+        return HostScan.allFinite(src, ring.packers(), StagingRing.PACKERS);
+    }
+
+    /** The device kernel fedlora_all_finite, for data that is on the device (and validated by bin/gpu-check). */
+    boolean deviceAllFinite(Matrix src) {
+        synchronized (session) {
+            session.makeCurrent();
+            try (CudaSession.Scope scope = session.scope()) {
+                CUdeviceptr flag = scope.alloc(4, "allFinite flag");
+                session.zero(flag, 1);
+                for (StagingRing.Tile tile : ring.tiles(src.rows(), src.cols())) {
+                    ring.withStaged(src, tile.row0(), tile.col0(), tile.rows(), tile.cols(), staged -> session.launch(ALL_FINITE,
+                            tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), tile.cols(), tile.rows(), tile.cols(),
+                            flag));
                 }
-                return device.readInts(flag, 1)[0] == 0;
-            } finally {
-                device.free(flag);
+                return session.readInts(flag, 1)[0] == 0;
             }
         }
     }
@@ -181,46 +238,44 @@ public final class CudaKernels implements Kernels {
     /**
      * {@code ||B A||_F^2 = sum((A A^T) .* (B^T B))}: cuBLAS builds both r x r Gram matrices from
      * slot-sized bands (column bands of A, row bands of B, summed with beta = 1), and the host
-     * sums their elementwise product in double (r^2 values, not worth a kernel).
+     * sums their elementwise product in double (r^2 values, not worth a kernel). Each element of
+     * A and B crosses PCIe once. Needs cuBLAS; without it, fails saying so before touching the device.
      */
     @Override
     public double loraNormSquared(Matrix a, Matrix b) {
-        synchronized (device) {
-            device.makeCurrent();
+        synchronized (session) {
+            session.makeCurrent();
+            String operation = "loraNormSquared (NORM weights)";
+            dense.require(operation);
             int r = a.rows(), n = a.cols(), m = b.rows();
-            if (r > device.slotFloats()) {
-                throw new IllegalStateException("rank " + r + " exceeds the CUDA staging slot of " + device.slotFloats()
+            if (r > ring.slotFloats()) {
+                throw new IllegalStateException("rank " + r + " exceeds the CUDA staging slot of " + ring.slotFloats()
                         + " floats; the device has too little free memory");
             }
-            CUdeviceptr gramA = null, gramB = null;
-            try {
-                gramA = device.alloc(4L * r * r, "Gram matrix A A^T");
-                gramB = device.alloc(4L * r * r, "Gram matrix B^T B");
+            try (CudaSession.Scope scope = session.scope()) {
+                CUdeviceptr gramA = scope.alloc(4L * r * r, "Gram matrix A A^T");
+                CUdeviceptr gramB = scope.alloc(4L * r * r, "Gram matrix B^T B");
                 // A's row-major [r, w] band is a column-major w x r matrix X: A A^T = X^T X.
-                int bandCols = Math.max(1, device.slotFloats() / r);
+                int bandCols = Math.max(1, ring.slotFloats() / r);
                 for (int c0 = 0; c0 < n; c0 += bandCols) {
                     int w = Math.min(bandCols, n - c0);
-                    int slot = device.nextInputSlot();
-                    CUdeviceptr x = asFloat(device.stage(slot, a, 0, c0, r, w), a.dtype(), r, w);
-                    device.gram(x, w, r, w, true, c0 > 0, gramA);
-                    device.release(slot);
+                    boolean accumulate = c0 > 0;
+                    ring.withStaged(a, 0, c0, r, w, staged -> dense.gram(operation, asFloat(staged, a.dtype(), r, w), w, r, w,
+                            true, accumulate, gramA));
                 }
                 // B's row-major [h, r] band is a column-major r x h matrix Y: B^T B = Y Y^T.
                 for (int r0 = 0; r0 < m; r0 += bandCols) {
                     int h = Math.min(bandCols, m - r0);
-                    int slot = device.nextInputSlot();
-                    CUdeviceptr y = asFloat(device.stage(slot, b, r0, 0, h, r), b.dtype(), h, r);
-                    device.gram(y, r, r, h, false, r0 > 0, gramB);
-                    device.release(slot);
+                    boolean accumulate = r0 > 0;
+                    ring.withStaged(b, r0, 0, h, r, staged -> dense.gram(operation, asFloat(staged, b.dtype(), h, r), r, r, h,
+                            false, accumulate, gramB));
                 }
-                float[] aat = device.readFloats(gramA, r * r), btb = device.readFloats(gramB, r * r);
+                float[] aat = session.readFloats(gramA, r * r), btb = session.readFloats(gramB, r * r);
                 double sum = 0;
                 for (int i = 0; i < aat.length; i++) {
                     sum += (double) aat[i] * btb[i];
                 }
                 return sum;
-            } finally {
-                device.free(gramA, gramB);
             }
         }
     }
@@ -230,19 +285,28 @@ public final class CudaKernels implements Kernels {
         if (dtype == DType.F32) {
             return staged;
         }
-        CUdeviceptr converted = device.outputSlot();
-        device.launch(CONVERT, rows, cols, converted, cols, staged, dtype.ordinal(), cols, rows, cols);
+        CUdeviceptr converted = ring.outputSlot();
+        session.launch(CONVERT, rows, cols, converted, cols, staged, DTypeCode.of(dtype), cols, rows, cols);
         return converted;
     }
 
-    /** Frees the accumulators still open, then everything the device session created. */
+    /** Frees the accumulators still open, then everything the device session created; the first failure is thrown. */
     @Override
     public void close() {
-        synchronized (device) {
-            for (CudaAccumulator accumulator : List.copyOf(open)) {
-                accumulator.close();
+        synchronized (session) {
+            if (closed) {
+                return;
             }
-            device.close();
+            closed = true;
+            CudaSession.Teardown teardown = new CudaSession.Teardown();
+            teardown.run(session::makeCurrent);
+            for (CudaAccumulator accumulator : List.copyOf(open)) {
+                teardown.run(accumulator::close);
+            }
+            teardown.run(dense::close);
+            teardown.run(ring::close);
+            teardown.run(session::close);
+            teardown.rethrow();
         }
     }
 }

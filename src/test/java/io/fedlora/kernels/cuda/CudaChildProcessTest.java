@@ -12,6 +12,7 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /**
  * The CUDA cases that need a JVM of their own: no driver on the library path, and emulated
@@ -39,6 +40,15 @@ class CudaChildProcessTest {
         return false;
     }
 
+    static Path emulatorDirectory() {
+        for (String dir : System.getenv("LD_LIBRARY_PATH").split(":")) {
+            if (!dir.isEmpty() && Files.exists(Path.of(dir, "emu_test"))) {
+                return Path.of(dir).toAbsolutePath();
+            }
+        }
+        throw new IllegalStateException("no emulator on LD_LIBRARY_PATH");
+    }
+
     /** A real NVIDIA driver is found without LD_LIBRARY_PATH, so "no driver" cannot be staged here. */
     static boolean realDriverInstalled() {
         return Files.exists(Path.of("/dev/nvidiactl")) || Files.exists(Path.of("/usr/lib/x86_64-linux-gnu/libcuda.so.1"))
@@ -55,6 +65,33 @@ class CudaChildProcessTest {
         assertTrue(r.output().contains("skipped cuda: the CUDA driver (libcuda.so.1) is missing"), r.output());
         assertTrue(r.output().contains("forced failed: backend 'cuda' was requested but cannot run here: "
                 + "the CUDA driver (libcuda.so.1) is missing"), r.output());
+    }
+
+    @Test
+    void withTheDriverAndNoCublasEverythingButDenseAlgebraRunsOnCuda(@TempDir Path driverOnly) throws Exception {
+        assumeTrue(emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
+        // A library path with the emulated driver and without the cuBLAS stand-in: a GPU container without the toolkit.
+        Files.createSymbolicLink(driverOnly.resolve("libcuda.so.1"), emulatorDirectory().resolve("libcuda.so.1"));
+        ChildJvm.Result r = child(Map.of("LD_LIBRARY_PATH", driverOnly.toString(), "FEDLORA_EMU_QUIET", "1"), "nocublas");
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("chosen=cuda"), r.output());
+        assertTrue(r.output().contains("norm refused: the CUDA backend's loraNormSquared (NORM weights) needs cuBLAS"
+                + " (libcublas.so.12), which could not be loaded: "), r.output());
+        assertTrue(r.output().contains("libcublas.so.12: cannot open shared object file"), r.output());
+        assertTrue(r.output().contains("gemm refused: the CUDA backend's product-space GEMM needs cuBLAS"), r.output());
+    }
+
+    @Test
+    void aDeviceFaultIsTheErrorReportedAndCleanUpFailuresAreOnlySuppressed() throws Exception {
+        assumeTrue(emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
+        ChildJvm.Result r = child(Map.of("FEDLORA_EMU_QUIET", "1"), "fault");
+        assertEquals(0, r.exit(), r.output());
+        // The first launch (the first client's accumulate) faults; the download's synchronisation finds it.
+        assertTrue(r.output().contains("fault: cuStreamSynchronize(compute stream) failed: CUDA_ERROR_ILLEGAL_ADDRESS"),
+                r.output());
+        assertTrue(r.output().contains("suppressed: cuMemFree failed: CUDA_ERROR_ILLEGAL_ADDRESS"), r.output());
+        assertTrue(r.output().contains("close: "), r.output());
+        assertTrue(r.output().contains("live objects after close: 0"), r.output());
     }
 
     @Test

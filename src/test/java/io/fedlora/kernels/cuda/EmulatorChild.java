@@ -23,6 +23,8 @@ public final class EmulatorChild {
         switch (args[0]) {
             case "chunked" -> chunked();
             case "backends" -> backends();
+            case "nocublas" -> withoutCublas();
+            case "fault" -> stickyFault();
             default -> throw new IllegalArgumentException(args[0]);
         }
     }
@@ -37,6 +39,87 @@ public final class EmulatorChild {
         } catch (IllegalStateException e) {
             System.out.println("forced failed: " + e.getMessage());
         }
+    }
+
+    /**
+     * A driver and no libcublas.so.12: every operation without dense algebra runs on CUDA and
+     * matches the scalar backend; the NORM Gram (loraNormSquared) fails saying what is missing.
+     */
+    private static void withoutCublas() {
+        boolean ok = true;
+        System.out.println("chosen=" + Backends.get().name());
+        try (CudaKernels cuda = new CudaKernels(); ScalarKernels scalar = new ScalarKernels()) {
+            SplittableRandom random = new SplittableRandom(3);
+            int rows = 11, cols = 57;
+            Matrix[] sources = {
+                matrix(random, DType.F32, rows, cols, cols), matrix(random, DType.BF16, rows - 2, cols - 5, cols),
+                matrix(random, DType.F16, rows, cols - 1, cols),
+            };
+            float[] weights = {1.5f, 0.25f, 2f};
+            float[] want = new float[rows * cols], got = new float[rows * cols];
+            scalar.weightedSum(want, rows, cols, sources, weights, null, null);
+            ok &= check("weightedSum", cuda.weightedSum(got, rows, cols, sources, weights, null, null) == -1
+                    && Arrays.equals(want, got));
+            try (Accumulator acc = cuda.newAccumulator(rows - 2, cols - 5)) {
+                acc.add(sources[1], weights[1]);
+                acc.grow(rows, cols);
+                acc.add(sources[0], weights[0]);
+                acc.add(sources[2], weights[2]);
+                acc.finish(got, null, null);
+            }
+            scalar.weightedSum(want, rows, cols, new Matrix[] {sources[1], sources[0], sources[2]},
+                    new float[] {weights[1], weights[0], weights[2]}, null, null);
+            ok &= check("accumulator", Arrays.equals(want, got));
+            float[] donor = new float[rows * (cols + 3)], padWant = new float[donor.length], padGot = new float[donor.length];
+            Arrays.fill(donor, 3f);
+            scalar.pad(padWant, rows, cols + 3, sources[1], donor);
+            cuda.pad(padGot, rows, cols + 3, sources[1], donor);
+            ok &= check("pad", Arrays.equals(padWant, padGot));
+            ok &= check("allFinite", cuda.allFinite(sources[2]));
+            try {
+                cuda.loraNormSquared(sources[0].corner(4, cols), sources[0].corner(rows, 4));
+                ok &= check("loraNormSquared refused", false);
+            } catch (UnsupportedOperationException e) {
+                System.out.println("norm refused: " + e.getMessage());
+            }
+            try {
+                cuda.gemm("product-space GEMM", false, false, 1, 1, 1, 1, new double[1], 1, new double[1], 1, 0, new double[1], 1);
+                ok &= check("gemm refused", false);
+            } catch (UnsupportedOperationException e) {
+                System.out.println("gemm refused: " + e.getMessage());
+            }
+            System.out.println("dense cause=" + CudaKernels.denseAlgebraUnavailabilityCause());
+        }
+        System.exit(ok ? 0 : 1);
+    }
+
+    /**
+     * A kernel faults on the device (a sticky error: the context answers every later call with
+     * it). The operation must report the fault from the call that found it, the failing frees of
+     * its clean-up only as suppressed; closing the backend must still release everything.
+     */
+    private static void stickyFault() {
+        boolean ok = true;
+        CudaKernels cuda = new CudaKernels();
+        Matrix[] sources = {Matrix.of(new float[12], 3, 4), Matrix.of(new float[12], 3, 4)};
+        Emulator.faultNextLaunch();
+        try {
+            cuda.weightedSum(new float[12], 3, 4, sources, new float[] {1f, 2f}, new float[] {1f, 1f, 1f}, null);
+            ok &= check("the fault was reported", false);
+        } catch (RuntimeException e) {
+            System.out.println("fault: " + e.getMessage());
+            for (Throwable suppressed : e.getSuppressed()) {
+                System.out.println("suppressed: " + suppressed.getMessage());
+            }
+        }
+        try {
+            cuda.close();
+            ok &= check("close in a broken context reported the fault", false);
+        } catch (RuntimeException e) {
+            System.out.println("close: " + e.getMessage());
+        }
+        System.out.println("live objects after close: " + Emulator.liveObjects());
+        System.exit(ok ? 0 : 1);
     }
 
     /** Under a small emulated device every operation is cut into many tiles; results must not change. */
