@@ -400,6 +400,36 @@ class CliSafetyTest {
         refused(1, says(out.toString(), "'" + key + "'", "70000", "65504", "nothing was written"),
                 aggregate(out, List.of(big), "--dtype", "f16"));
         assertEquals(0, cli(aggregate(out, List.of(big), "--dtype", "bf16")).status(), "bf16 holds 70000");
+        // bfloat16 rounds float32 values near its limit up to infinity.
+        b[3] = 3.4e38f;
+        t.put(key, Tensor.of(b, t.get(key).shape()));
+        PeftAdapter.write(big, t, null, CliTest.config(2, 16, false), Map.of(), 2);
+        Path out2 = outs.resolve("g2");
+        refused(1, says(out2.toString(), "'" + key + "'", "3.4E38", "3.39e38"), aggregate(out2, List.of(big), "--dtype", "bf16"));
+    }
+
+    /** Progress is drawn by default when stderr is a terminal (util-linux script gives the child one). */
+    @Test
+    void progressIsDrawnOnATerminalByDefault() throws Exception {
+        boolean script;
+        try {
+            script = new ProcessBuilder("script", "--version").redirectErrorStream(true).start().waitFor() == 0;
+        } catch (IOException e) {
+            script = false;
+        }
+        assumeTrue(script, "no util-linux script to give the child a terminal: skipping");
+        List<Path> c = three();
+        String java = ProcessHandle.current().info().command().orElseThrow();
+        StringBuilder command = new StringBuilder("'" + java + "' --add-modules jdk.incubator.vector "
+                + "--enable-native-access=ALL-UNNAMED -cp '" + System.getProperty("java.class.path") + "' "
+                + Main.class.getName());
+        for (String a : aggregate(outs.resolve("g"), c)) {
+            command.append(" '").append(a).append("'");
+        }
+        Process p = new ProcessBuilder("script", "-qec", command.toString(), "/dev/null").redirectErrorStream(true).start();
+        String output = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertEquals(0, p.waitFor(), output);
+        assertTrue(output.contains("\rfedlora: read 3/3 clients"), output);
     }
 
     // ---- 4. messages that name the file and the problem ------------------------------------------
