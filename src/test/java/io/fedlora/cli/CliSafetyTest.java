@@ -631,6 +631,22 @@ class CliSafetyTest {
         assertEquals(0, run.status(), run.err());
         refused(2, says("--weights has 2 values for 3 clients"), "aggregate", "--strategy", "zero", "--weights", "1,2",
                 "-o", outs.resolve("y").toString(), "@" + list);
+        // CLIENT WEIGHT lines, in any order, relative to the weights file.
+        Path keyed = Files.writeString(clients.resolve("keyed.txt"), "tablet 3\n# the phone\n./phone 1\n"
+                + c.get(1) + " 2\n");
+        Path out4 = outs.resolve("keyed");
+        run = cli("aggregate", "--strategy", "replication", "--weights-file", keyed.toString(), "-o", out4.toString(),
+                c.get(1).toString(), c.get(0).toString(), c.get(2).toString());
+        assertEquals(0, run.status(), run.err());
+        assertEquals(-1L, Files.mismatch(out1.resolve(PeftAdapter.WEIGHTS), out4.resolve(PeftAdapter.WEIGHTS)));
+        Path partial = Files.writeString(tmp.resolve("partial.txt"), c.get(0) + " 1\n" + c.get(1) + " 2\n");
+        refused(1, says(partial + ": has no weight for client " + c.get(2)), "aggregate", "--strategy", "zero",
+                "--weights-file", partial.toString(), "-o", outs.resolve("y").toString(), c.get(0).toString(),
+                c.get(1).toString(), c.get(2).toString());
+        Path mixed = Files.writeString(tmp.resolve("mixed.txt"), c.get(0) + " 1\n2\n3\n");
+        refused(1, says(mixed + ": mixes WEIGHT lines and CLIENT WEIGHT lines"), "aggregate", "--strategy", "zero",
+                "--weights-file", mixed.toString(), "-o", outs.resolve("y").toString(), c.get(0).toString(),
+                c.get(1).toString(), c.get(2).toString());
         Path badWeights = Files.writeString(tmp.resolve("bad.txt"), "1\nmany\n");
         refused(1, says(badWeights + ": line 2 ('many') is not a number"), "aggregate", "--strategy", "zero",
                 "--weights-file", badWeights.toString(), "-o", outs.resolve("y").toString(), "@" + list);
