@@ -221,6 +221,53 @@ class CliSafetyTest {
         assertEquals(0, misses.get(), "times the reader found no complete adapter at -o");
     }
 
+    /**
+     * The new adapter is on disk before it is put in place: under strace, both files and the
+     * temporary directory are fsync'ed before the rename (or exchange) that publishes them.
+     * Skipped where strace is missing or may not trace.
+     */
+    @Test
+    void everythingIsSyncedBeforeItIsPublished() throws Exception {
+        List<Path> c = three();
+        Path out = outs.resolve("global");
+        assertEquals(0, cli(aggregate(out, c)).status());
+        Path trace = tmp.resolve("strace.txt");
+        String java = ProcessHandle.current().info().command().orElseThrow();
+        List<String> command = new ArrayList<>(List.of("strace", "-f", "-y", "-qq", "-e",
+                "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", trace.toString(), java, "--add-modules",
+                "jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED", "-cp", System.getProperty("java.class.path"),
+                Main.class.getName()));
+        command.addAll(List.of(aggregate(out, c, "--force")));
+        Process p;
+        try {
+            p = new ProcessBuilder(command).redirectErrorStream(true).start();
+        } catch (IOException e) {
+            assumeTrue(false, "no strace here: skipping the fsync order check");
+            return;
+        }
+        String output = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        int exit = p.waitFor();
+        assumeTrue(exit == 0 || !output.contains("ptrace"), "strace may not trace here: " + output);
+        assertEquals(0, exit, output);
+        List<String> calls = Files.readAllLines(trace).stream()
+                .filter(l -> l.contains("fedlora-tmp-") && !l.contains("unfinished") && !l.contains("resumed")).toList();
+        int publish = -1;
+        for (int i = 0; i < calls.size(); i++) {
+            if (calls.get(i).contains("rename") && calls.get(i).contains("\"" + out + "\"")) {
+                publish = i;
+                break;
+            }
+        }
+        assertTrue(publish > 0, "a rename onto -o: " + calls);
+        List<String> before = calls.subList(0, publish);
+        for (String synced : List.of("/" + PeftAdapter.WEIGHTS + ">", "/" + PeftAdapter.CONFIG + ">")) {
+            assertTrue(before.stream().anyMatch(l -> l.contains("fsync(") && l.contains(synced)),
+                    synced + " synced before publishing: " + before);
+        }
+        assertTrue(before.stream().anyMatch(l -> l.contains("fsync(") && l.matches(".*fedlora-tmp-[0-9a-f]{16}>\\).*")),
+                "the temporary directory synced before publishing: " + before);
+    }
+
     @Test
     void deadRunsLeftoversAreRemovedAndNothingElse() throws Exception {
         List<Path> c = three();
