@@ -186,7 +186,9 @@ class ZeroCopyAndOwnership(unittest.TestCase):
             "m.lora_A.weight": rng.standard_normal((16, 4096), dtype=np.float32),
             "m.lora_B.weight": rng.standard_normal((4096, 16), dtype=np.float32)}) for i in range(8)]
         input_bytes = sum(a.nbytes for _, _, t in updates for a in t.values())  # 4 MiB
-        rnd = fedlora.Aggregator().round()
+        # The scalar backend: the vector backend's loops box every vector until C2 has compiled
+        # them (megabytes of garbage per add in a cold JVM), which would hide what this looks for.
+        rnd = fedlora.Aggregator(backend="scalar").round()
         rnd.add(*updates[0])  # allocates the sums
         tracemalloc.start()
         java_before = mx.getCurrentThreadAllocatedBytes()
@@ -198,6 +200,21 @@ class ZeroCopyAndOwnership(unittest.TestCase):
         self.assertLess(python_peak, input_bytes // 16, "the Python side copied inputs")
         self.assertLess(java_bytes, input_bytes // 16, "the Java side copied inputs")
         reference.assert_close(self, rnd.finish(), reference.aggregate(updates), what="round")
+
+    def test_a_round_reads_its_inputs_only_during_add(self):
+        # Round.add wraps inputs with global-scope views (see _bridge): whatever the round keeps,
+        # it must not read them later. Overwriting them after add changes no later finish.
+        updates = clients(6, [2, 8, 4])
+        rnd = fedlora.Aggregator().round()
+        for u in updates:
+            rnd.add(*u)
+        before = rnd.finish()
+        for _, _, t in updates:
+            for v in t.values():
+                v[...] = 1e6
+        after = rnd.finish()
+        for k in before:
+            np.testing.assert_array_equal(after[k], before[k])
 
     def test_outputs_are_numpy_owned_and_independent(self):
         updates = clients(2, [2, 4], extra=True)
@@ -340,6 +357,26 @@ class RoundsThreadsAndRefusals(unittest.TestCase):
             np.testing.assert_array_equal(t[k], want)
         with self.assertRaisesRegex(ValueError, "cannot truncate to 9"):
             fedlora.truncate(g, 9)
+
+
+class DownloadTruncation(unittest.TestCase):
+    """What the Flower strategies send a client: the global cut to the ranks it last sent."""
+
+    def test_cut_per_factor_never_above_the_global_rank(self):
+        from fedlora import _peft
+        g = fedlora.Aggregator(rank=4).aggregate(clients(40, [2, 8], extra=True))
+        q_a, q_b = "base_model.model.layers.0.q_proj.lora_A.weight", "base_model.model.layers.0.q_proj.lora_B.weight"
+        v_a = "base_model.model.layers.0.v_proj.lora_A.weight"
+        self.assertEqual(_peft.ranks(g)[q_a], 4)
+        cut = _peft.truncate_for(g, {q_a: 2, q_b: 2, v_a: 8})  # v_proj: above the global rank
+        self.assertEqual(list(cut), list(g))
+        np.testing.assert_array_equal(cut[q_a], g[q_a][:2])
+        np.testing.assert_array_equal(cut[q_b], g[q_b][:, :2])
+        np.testing.assert_array_equal(cut[v_a], g[v_a])
+        np.testing.assert_array_equal(cut["classifier.weight"], g["classifier.weight"])
+        self.assertEqual(_peft.factor("x.lora_embedding_A.default"), "A")
+        self.assertEqual(_peft.factor("x.lora_B.default.weight"), "B")
+        self.assertIsNone(_peft.factor("x.lora_dropout.weight"))
 
 
 class StartUpErrors(unittest.TestCase):

@@ -270,8 +270,11 @@ class RoundAtomicityTest {
             bytes += t.data().byteSize();
         }
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.READ, StandardOpenOption.WRITE);
-                Arena arena = Arena.ofShared(); Aggregator aggregator = Aggregator.builder().backend("vector".equals(
-                        Backends.get().name()) ? "vector" : "scalar").build(); Round round = aggregator.newRound()) {
+                Arena arena = Arena.ofShared();
+                // The scalar backend: a read fault in C2-compiled Vector API code is not turned into an
+                // InternalError by JDK 25 but kills the JVM (SIGBUS), so this case is tested where the
+                // JVM can report it (see the README's known limits).
+                Aggregator aggregator = Aggregator.builder().backend("scalar").build(); Round round = aggregator.newRound()) {
             ch.write(java.nio.ByteBuffer.allocate((int) bytes));
             MemorySegment mapped = ch.map(FileChannel.MapMode.READ_WRITE, 0, bytes, arena);
             Map<String, Tensor> tensors = new LinkedHashMap<>();

@@ -70,17 +70,21 @@ public abstract class KernelsContractTest {
     static Matrix source(SplittableRandom random, DType dtype, int rows, int cols, int extraCols, Memory memory) {
         int stride = cols + extraCols;
         float[] values = TestClients.values(random, rows * stride);
-        MemorySegment data = Tensor.convert(values, dtype, rows, stride).data();
-        if (memory == Memory.BYTES || (memory == Memory.FLOATS && dtype != DType.F32)) {
+        return new Matrix(in(memory, Tensor.convert(values, dtype, rows, stride).data()), dtype, 0, rows, cols, stride);
+    }
+
+    /** The same bytes in the given kind of memory (16-bit data is bytes on the heap already). */
+    static MemorySegment in(Memory memory, MemorySegment data) {
+        if (memory == Memory.BYTES && data.heapBase().orElse(null) instanceof float[]) {
             MemorySegment bytes = MemorySegment.ofArray(new byte[Math.toIntExact(data.byteSize())]);
             bytes.copyFrom(data);
-            data = bytes;
+            return bytes;
         } else if (memory == Memory.NATIVE) {
             MemorySegment copy = Arena.ofAuto().allocate(data.byteSize(), 64);
             copy.copyFrom(data);
-            data = copy;
+            return copy;
         }
-        return new Matrix(data, dtype, 0, rows, cols, stride);
+        return data;
     }
 
     static float[] scales(SplittableRandom random, int n) {
@@ -262,16 +266,20 @@ public abstract class KernelsContractTest {
     @ParameterizedTest
     @EnumSource(DType.class)
     void allFiniteFindsEveryNonFiniteValue(DType dtype) {
-        for (int n : new int[] {1, 7, 16, 17, 61, 1031}) {
-            SplittableRandom random = new SplittableRandom(n);
-            float[] clean = TestClients.values(random, n);
-            assertTrue(kernels().allFinite(Matrix.dense(Tensor.convert(clean, dtype, n).data(), dtype, 1, n)), dtype + " clean n=" + n);
-            for (int at : new int[] {0, n / 2, n - 1}) {
-                for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}) {
-                    float[] v = clean.clone();
-                    v[at] = bad;
-                    Matrix m = Matrix.dense(Tensor.convert(v, dtype, n).data(), dtype, 1, n);
-                    assertFalse(kernels().allFinite(m), dtype + " " + bad + " at " + at + " of " + n);
+        // 8209 is more than a tile: the vector backend scans memory that is not a float[] a tile at a time.
+        for (Memory memory : Memory.values()) {
+            for (int n : new int[] {1, 7, 16, 17, 61, 1031, 8209}) {
+                SplittableRandom random = new SplittableRandom(n);
+                float[] clean = TestClients.values(random, n);
+                assertTrue(kernels().allFinite(Matrix.dense(in(memory, Tensor.convert(clean, dtype, n).data()), dtype, 1, n)),
+                        dtype + " " + memory + " clean n=" + n);
+                for (int at : new int[] {0, n / 2, n - 1}) {
+                    for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}) {
+                        float[] v = clean.clone();
+                        v[at] = bad;
+                        Matrix m = Matrix.dense(in(memory, Tensor.convert(v, dtype, n).data()), dtype, 1, n);
+                        assertFalse(kernels().allFinite(m), dtype + " " + memory + " " + bad + " at " + at + " of " + n);
+                    }
                 }
             }
         }
@@ -302,21 +310,26 @@ public abstract class KernelsContractTest {
     void growKeepsTheSumsAndMergeAddsThem() {
         SplittableRandom random = new SplittableRandom(3);
         Matrix x = source(random, DType.F32, 5, 11, 0);
+        Matrix z = source(random, DType.F32, 9, 13, 0);
         Matrix y = source(random, DType.F32, 9, 19, 0);
-        // Grown from 5x11 to 9x19: the rows' padding moves (11 and 19 are padded differently).
         float[] want = new float[9 * 19], got = new float[9 * 19];
+        // The reference is built at full size; the backend's grows from 5x11 to 9x13 (more rows and
+        // columns, the same padded row) and then to 9x19 (a longer padded row: the sums move), and
+        // the new cells must be zero each time. y comes in through a merge (sums added with weight 1).
         try (Accumulator r = reference.newAccumulator(9, 19); Accumulator k = kernels().newAccumulator(5, 11);
                 Accumulator other = kernels().newAccumulator(9, 19)) {
-            // The reference: 0.3 x, then y added with weight 1 (a merge adds sums with weight 1);
-            // the backend: 0.3 x, grown, then a merged accumulator holding 7.1 y... as 1 * (7.1 y).
             r.add(x, WEIGHTS[0]);
+            r.add(z, WEIGHTS[1]);
             try (Accumulator ry = reference.newAccumulator(9, 19)) {
                 ry.add(y, WEIGHTS[2]);
                 r.add(ry);
             }
             k.add(x, WEIGHTS[0]);
-            k.grow(9, 19);
+            k.grow(9, 13);
             assertEquals(9, k.rows());
+            assertEquals(13, k.cols());
+            k.add(z, WEIGHTS[1]);
+            k.grow(9, 19);
             assertEquals(19, k.cols());
             other.add(y, WEIGHTS[2]);
             k.add(other);

@@ -1,11 +1,9 @@
 package io.fedlora.kernels.cpu;
 
-import io.fedlora.tensor.Matrix;
 import io.fedlora.kernels.Accumulator;
-
 import io.fedlora.kernels.Kernels;
-
 import io.fedlora.tensor.DType;
+import io.fedlora.tensor.Matrix;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 import java.util.concurrent.ForkJoinPool;
@@ -19,11 +17,18 @@ import java.util.stream.IntStream;
  * loops over rows, all written once in terms of five row primitives that each backend supplies.
  * The split never changes the arithmetic (every output element is computed by one thread, in
  * source order), so results do not depend on the thread count.
+ *
+ * <p>Every block of sums has rows padded to a multiple of {@link #ROW_ALIGN} floats: the batch
+ * path's per-thread tile (zeroed, summed into by every source while it sits in L1, then scaled
+ * into the caller's output, which is written once) and the streaming accumulators. A B factor's
+ * short rows (rank 8, 37, 64, ...) are then whole vectors on the sums side for any rank (issue 8:
+ * short rows of ranks that are not a multiple of the vector width were the slow case), and no
+ * primitive ever writes past the logical end of a row of the caller's memory.
  */
 public abstract class CpuKernels implements Kernels {
 
     /** Elements per tile: 32 KiB of float32, so a tile of sums stays in L1 while all clients pass. */
-    static final int TILE = Integer.getInteger("fedlora.tile", 8192);
+    static final int TILE = 8192;
     /**
      * Rows of every block of sums (a tile, an accumulator) are padded to a multiple of this many
      * floats: 64 bytes, one cache line and one vector of the widest species, so a row of any
@@ -338,8 +343,10 @@ public abstract class CpuKernels implements Kernels {
     // ---- heap accumulator ----------------------------------------------------------------------
 
     /**
-     * Sums in a float[] on the heap, rows padded to {@link #padded} (the padding stays +0); every
-     * operation goes through the row primitives above.
+     * Sums in a float[] on the heap, rows padded to {@link #padded} (the padding stays +0), and
+     * room for rows up to the next multiple of ROW_ALIGN: a round's ranks grow client by client,
+     * and growing within that room is free (cells never written are +0). Every operation goes
+     * through the row primitives above.
      */
     final class CpuAccumulator implements Accumulator {
         private int rows, cols, stride;
@@ -349,7 +356,7 @@ public abstract class CpuKernels implements Kernels {
             this.rows = rows;
             this.cols = cols;
             this.stride = padded(cols);
-            this.sums = new float[Math.multiplyExact(rows, stride)];
+            this.sums = new float[Math.multiplyExact(padded(rows), stride)];
         }
 
         @Override
@@ -386,7 +393,12 @@ public abstract class CpuKernels implements Kernels {
                 return;
             }
             int newStride = padded(newCols);
-            float[] grown = new float[Math.multiplyExact(newRows, newStride)];
+            if (newStride == stride && (long) newRows * stride <= sums.length) {
+                rows = newRows;
+                cols = newCols;
+                return;
+            }
+            float[] grown = new float[Math.multiplyExact(padded(newRows), newStride)];
             for (int i = 0; i < rows; i++) {
                 System.arraycopy(sums, i * stride, grown, i * newStride, cols);
             }

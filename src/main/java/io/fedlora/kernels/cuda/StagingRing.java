@@ -63,7 +63,7 @@ final class StagingRing implements AutoCloseable {
     private final MemorySegment[] hostSegments = new MemorySegment[SLOTS];
     private ExecutorService packers;
     private int nextInput;
-    private boolean closed;
+    private volatile boolean closed;
 
     /** Sizes the slots from the device's free memory; on failure frees what it made and throws. */
     StagingRing(CudaSession session) {
@@ -193,7 +193,12 @@ final class StagingRing implements AutoCloseable {
                 Thread.currentThread().interrupt();
                 throw new IllegalStateException("interrupted while packing a tile for the GPU", e);
             } catch (ExecutionException e) {
-                throw new IllegalStateException("packing a tile for the GPU failed: " + e.getCause(), e.getCause());
+                // As itself: a read fault of a mapped file (InternalError) must reach the facade as one.
+                switch (e.getCause()) {
+                    case RuntimeException r -> throw r;
+                    case Error error -> throw error;
+                    default -> throw new IllegalStateException("packing a tile for the GPU failed: " + e.getCause(), e.getCause());
+                }
             }
         }
     }
@@ -210,6 +215,9 @@ final class StagingRing implements AutoCloseable {
     }
 
     synchronized ExecutorService packers() {
+        if (closed) {
+            throw new IllegalStateException("the CUDA backend is closed");
+        }
         if (packers == null) {
             packers = Executors.newFixedThreadPool(PACKERS, task -> {
                 Thread thread = new Thread(task, "fedlora-cuda-packer");
