@@ -66,6 +66,9 @@ public final class Main implements Callable<Integer> {
             description = "Map tasks; default twice Spark's default parallelism.")
     int partitions;
 
+    @Option(names = "--force", description = "Replace an existing adapter directory at OUT_DIR.")
+    boolean force;
+
     @Option(names = "--report", paramLabel = "FILE",
             description = "Write the bad clients there, one per line: client_id<TAB>location<TAB>reason.")
     Path report;
@@ -127,6 +130,9 @@ public final class Main implements Callable<Integer> {
         for (BadClient bad : result.bad()) {
             System.err.println("fedlora-spark: left out " + bad);
         }
+        for (String note : result.notes()) {
+            System.err.println("fedlora-spark: note: " + note);
+        }
         if (report != null) {
             writeReport(report, result.bad());
         }
@@ -174,7 +180,7 @@ public final class Main implements Callable<Integer> {
         }
         return SparkAggregation.Options.of(Policy.of(s).withGlobalRank(rank).withAllowMissing(allowMissing))
                 .withFold(scale.equals("fold")).withBackend(backend, threads).withPartitions(partitions).withDtype(type)
-                .withHeapLocal(localRead.equals("heap"));
+                .withHeapLocal(localRead.equals("heap")).withForce(force || repeat > 1);
     }
 
     private static final Pattern LOCAL_CLUSTER = Pattern.compile("local-cluster\\[\\s*(\\d+)\\s*,\\s*(\\d+)\\s*,\\s*(\\d+)\\s*]");
