@@ -113,6 +113,8 @@ void fedlora_emu_set_seed(unsigned long long seed);
 /* Makes the nth next call of `function` (e.g. "cuMemAlloc") fail with CUDA_ERROR_UNKNOWN; 0 disarms.
    Returns how many calls the previously armed failure still had to wait (0: it fired or none was armed). */
 int fedlora_emu_fail(const char* function, int nth);
+/* The next kernel launched faults with CUDA_ERROR_ILLEGAL_ADDRESS when it runs, breaking its context. */
+void fedlora_emu_fault_next_launch(void);
 /* Live device allocations, pinned host buffers, streams, events and modules, of every context. */
 int fedlora_emu_live_objects(void);
 

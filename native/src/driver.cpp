@@ -108,6 +108,7 @@ unsigned long long rng_state = 1;
 // Failure injection (fedlora_emu_fail): the countdown-th next call of fail_function fails.
 std::string fail_function;
 int fail_countdown = 0;
+bool launch_fault = false;
 CUctx_st primary_context{true, false, 0, CUDA_SUCCESS};
 thread_local CUcontext current = nullptr;
 std::string last_error;
@@ -463,6 +464,13 @@ int flush_context()
     return current != nullptr ? current->sticky : CUDA_SUCCESS;
 }
 
+bool take_launch_fault()
+{
+    bool fault = launch_fault;
+    launch_fault = false;
+    return fault;
+}
+
 int injected_failure(const char* function)
 {
     if (fail_countdown > 0 && fail_function == function && --fail_countdown == 0) {
@@ -530,6 +538,12 @@ EXPORT int fedlora_emu_fail(const char* function, int nth)
     fail_function = function != nullptr ? function : "";
     fail_countdown = nth;
     return left;
+}
+
+EXPORT void fedlora_emu_fault_next_launch(void)
+{
+    LOCKED;
+    launch_fault = true;
 }
 
 EXPORT int fedlora_emu_live_objects(void)
@@ -787,7 +801,9 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr pointer)
                                                   : "not device memory");
     }
     free_allocation(it);
-    return CUDA_SUCCESS;
+    // A broken context answers every call with its fault, frees included (the emulator still
+    // releases the memory, so that leak accounting stays exact).
+    return current != nullptr && current->sticky != CUDA_SUCCESS ? current->sticky : CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuMemHostAlloc(void** pointer, size_t bytes, unsigned int flags)

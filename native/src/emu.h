@@ -55,6 +55,9 @@ FEDLORA_EMU_API int flush();
 // Runs everything queued on the current context (cuCtxSynchronize).
 FEDLORA_EMU_API int flush_context();
 
+// True once after fedlora_emu_fault_next_launch: the launch being queued faults when it runs.
+FEDLORA_EMU_API bool take_launch_fault();
+
 // CUDA_ERROR_UNKNOWN, reported, when fedlora_emu_fail armed a failure of `function` that is due.
 FEDLORA_EMU_API int injected_failure(const char* function);
 

@@ -58,7 +58,11 @@ int launch(void (*kernel)(Params...), const Launch& geometry, void** params, std
         return status;
     }
     Launch g = geometry;
-    return submit(g.stream, g.name, [kernel, g, args]() {
+    bool fault = take_launch_fault();
+    return submit(g.stream, g.name, [kernel, g, args, fault]() {
+        if (fault) {
+            return report(CUDA_ERROR_ILLEGAL_ADDRESS, "%s: illegal address (fault injected by fedlora_emu_fault_next_launch)", g.name);
+        }
         gridDim = {g.grid[0], g.grid[1], g.grid[2]};
         blockDim = {g.block[0], g.block[1], g.block[2]};
         for (unsigned bz = 0; bz < g.grid[2]; bz++)

@@ -186,7 +186,9 @@ class ZeroCopyAndOwnership(unittest.TestCase):
             "m.lora_A.weight": rng.standard_normal((16, 4096), dtype=np.float32),
             "m.lora_B.weight": rng.standard_normal((4096, 16), dtype=np.float32)}) for i in range(8)]
         input_bytes = sum(a.nbytes for _, _, t in updates for a in t.values())  # 4 MiB
-        rnd = fedlora.Aggregator().round()
+        # The scalar backend: the vector backend's loops box every vector until C2 has compiled
+        # them (megabytes of garbage per add in a cold JVM), which would hide what this looks for.
+        rnd = fedlora.Aggregator(backend="scalar").round()
         rnd.add(*updates[0])  # allocates the sums
         tracemalloc.start()
         java_before = mx.getCurrentThreadAllocatedBytes()
@@ -340,6 +342,26 @@ class RoundsThreadsAndRefusals(unittest.TestCase):
             np.testing.assert_array_equal(t[k], want)
         with self.assertRaisesRegex(ValueError, "cannot truncate to 9"):
             fedlora.truncate(g, 9)
+
+
+class DownloadTruncation(unittest.TestCase):
+    """What the Flower strategies send a client: the global cut to the ranks it last sent."""
+
+    def test_cut_per_factor_never_above_the_global_rank(self):
+        from fedlora import _peft
+        g = fedlora.Aggregator(rank=4).aggregate(clients(40, [2, 8], extra=True))
+        q_a, q_b = "base_model.model.layers.0.q_proj.lora_A.weight", "base_model.model.layers.0.q_proj.lora_B.weight"
+        v_a = "base_model.model.layers.0.v_proj.lora_A.weight"
+        self.assertEqual(_peft.ranks(g)[q_a], 4)
+        cut = _peft.truncate_for(g, {q_a: 2, q_b: 2, v_a: 8})  # v_proj: above the global rank
+        self.assertEqual(list(cut), list(g))
+        np.testing.assert_array_equal(cut[q_a], g[q_a][:2])
+        np.testing.assert_array_equal(cut[q_b], g[q_b][:, :2])
+        np.testing.assert_array_equal(cut[v_a], g[v_a])
+        np.testing.assert_array_equal(cut["classifier.weight"], g["classifier.weight"])
+        self.assertEqual(_peft.factor("x.lora_embedding_A.default"), "A")
+        self.assertEqual(_peft.factor("x.lora_B.default.weight"), "B")
+        self.assertIsNone(_peft.factor("x.lora_dropout.weight"))
 
 
 class StartUpErrors(unittest.TestCase):

@@ -59,7 +59,7 @@ class FlowerMessageApi(unittest.TestCase):
                 run = procs.start("flwr-run", [
                     os.path.join(bindir, "flwr"), "run", app, "local", "--stream",
                     "--run-config", f'out-dir="{out_dir}"'])
-                wait_for_file(os.path.join(out_dir, "dropped.json"), 150, [link, run] + nodes)
+                wait_for_file(os.path.join(out_dir, "dropped.json"), 300, [link, run] + nodes)
                 try:
                     run.wait(30)
                 except subprocess.TimeoutExpired:
@@ -87,7 +87,7 @@ class FlowerLegacy(unittest.TestCase):
                 fl_common.wait_for_port(port, 60, [server])
                 clients = [procs.start(f"client{i}", [sys.executable, os.path.join(fl_common.HERE, "legacy_client.py"),
                                                       str(i), out_dir, str(port)]) for i in range(3)]
-                wait_for_file(os.path.join(out_dir, "dropped.json"), 150, [server] + clients)
+                wait_for_file(os.path.join(out_dir, "dropped.json"), 240, [server] + clients)
                 server.wait(30)
                 log_text = procs.log_text("server")
             finally:

@@ -18,7 +18,7 @@ class NvflareSimulator(unittest.TestCase):
             try:
                 job = procs.start("simulator", [sys.executable, os.path.join(fl_common.HERE, "nvflare_job.py"),
                                                 workspace, out_dir])
-                wait_for_file(os.path.join(out_dir, "done"), 150, [job])
+                wait_for_file(os.path.join(out_dir, "done"), 240, [job])
                 job.wait(60)
             finally:
                 procs.stop()

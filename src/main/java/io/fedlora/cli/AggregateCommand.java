@@ -4,6 +4,7 @@ import io.fedlora.Aggregator;
 import io.fedlora.tensor.DType;
 import io.fedlora.InvalidUpdateException;
 import io.fedlora.LoraScale;
+import io.fedlora.Round;
 import io.fedlora.ClientUpdate;
 import io.fedlora.Strategy;
 import io.fedlora.tensor.Tensor;
@@ -82,6 +83,11 @@ final class AggregateCommand implements Callable<Integer> {
     @Option(names = "--force", description = "Replace an existing output adapter directory (as a whole).")
     boolean force;
 
+    @Option(names = "--no-mmap", description = "Read each client into memory, one at a time, instead of "
+            + "memory-mapping them all: a file changed during the run is reported, never a crash; memory is the "
+            + "largest client plus the global adapter; costs a copy of every file.")
+    boolean noMmap;
+
     @Option(names = "--progress", description = "Show progress on stderr even when it is not a terminal.")
     boolean progress;
 
@@ -117,6 +123,7 @@ final class AggregateCommand implements Callable<Integer> {
         Job job = new Job(clients, w, strategy, rank, backend, dtype, scale == Options.Scale.FOLD, allowMissing,
                 output, force);
         job.usage = spec;
+        job.mapped = !noMmap;
         Result result = job.run(Progress.of(main.err, progress, clients.size()));
         main.out.printf(Locale.ROOT, "%s: %d clients, %s, backend %s, global rank %d, %s in %.3f s (%.2f GB/s)%n",
                 output, result.clients(), strategy.name().toLowerCase(Locale.ROOT), result.backend(),
@@ -194,7 +201,11 @@ final class AggregateCommand implements Callable<Integer> {
             double openSeconds, double aggregateSeconds, double writeSeconds, List<String> notes) {
     }
 
-    /** A test seam: runs after every client is opened and before any is aggregated. */
+    /** What the output's config needs of each client once its data is gone. */
+    record ClientInfo(AdapterConfig config, Map<String, Integer> ranks) {
+    }
+
+    /** A test seam: runs after every client is opened and before any is aggregated (--no-mmap: after each is read). */
     static volatile java.util.function.Consumer<List<PeftAdapter>> afterOpen = open -> { };
 
     /**
@@ -215,6 +226,8 @@ final class AggregateCommand implements Callable<Integer> {
         final boolean allowMissing;
         final Path output;
         final boolean force;
+        /** Memory-map the clients (batch, each byte read once) or read them one at a time (--no-mmap). */
+        boolean mapped = true;
         /** For usage errors found once the clients are open (a --rank too large for memory); may be null. */
         CommandSpec usage;
 
@@ -237,59 +250,92 @@ final class AggregateCommand implements Callable<Integer> {
             Map<String, Path> fileOf = new HashMap<>();
             Map<Path, Set<String>> keysOf = new LinkedHashMap<>();
             List<PeftAdapter> open = new ArrayList<>();
+            List<ClientInfo> infos = new ArrayList<>();
+            Map<String, long[]> features = new LinkedHashMap<>();
             List<String> notes = new ArrayList<>();
             String backendName;
             Map<String, Tensor> global;
+            Map<String, String> firstMetadata = null;
+            LoraScale foldScale = null;
             long bytes = 0;
+            long opened;
+            Aggregator aggregator = null;
+            Round round = null;
             try {
                 List<ClientUpdate> updates = new ArrayList<>();
                 for (int k = 0; k < clients.size(); k++) {
                     Path path = clients.get(k);
                     String id = path.toString();
-                    PeftAdapter adapter = PeftAdapter.open(path);
+                    PeftAdapter adapter = PeftAdapter.open(path, mapped);
                     open.add(adapter);
                     if (fold && adapter.config() == null) {
                         throw new InvalidFileException(id, "--scale fold needs lora_alpha, but there is no "
                                 + PeftAdapter.CONFIG + " for this adapter");
                     }
-                    if (progress.enabled()) {
+                    if (progress.enabled() && mapped) {
                         // Bring the file in now, so that the progress shows the reading as it happens.
                         readingGuardRun(open, adapter::load);
                     }
                     fileOf.put(id, path);
                     keysOf.put(path, Set.copyOf(adapter.tensors().keySet()));
-                    updates.add(adapter.toUpdate(id, weights[k]));
+                    infos.add(new ClientInfo(adapter.config(), PeftAdapter.moduleRanks(adapter.tensors())));
+                    features.putAll(PeftAdapter.moduleFeatures(adapter.tensors()));
+                    if (k == 0) {
+                        firstMetadata = new LinkedHashMap<>(adapter.metadata());
+                        foldScale = fold ? adapter.config().scale() : null;
+                    }
+                    ClientUpdate update = adapter.toUpdate(id, weights[k]);
+                    if (mapped) {
+                        updates.add(update);
+                    } else {
+                        // One client in memory at a time: read, check, add, free.
+                        checkOutputSize(features);
+                        if (round == null) {
+                            aggregator = aggregator(foldScale);
+                            round = aggregator.newRound();
+                        }
+                        afterOpen.accept(List.of(adapter));
+                        checkUnchanged(open);
+                        round.add(update);
+                        open.remove(adapter);
+                        adapter.close();
+                    }
                     bytes += adapter.byteSize();
                     progress.update(k + 1, bytes);
                 }
                 progress.done();
-                checkOutputSize(open);
-                afterOpen.accept(open);
-                long opened = System.nanoTime();
-                LoraScale foldScale = fold ? open.get(0).config().scale() : null;
-                try (Aggregator aggregator = aggregator(foldScale)) {
-                    backendName = aggregator.backendName();
-                    global = readingGuard(open, () -> aggregator.aggregate(updates));
-                } catch (IllegalArgumentException e) {
-                    if (e instanceof InvalidUpdateException || allowMissing) {
+                opened = System.nanoTime();
+                if (mapped) {
+                    checkOutputSize(features);
+                    afterOpen.accept(open);
+                    opened = System.nanoTime();
+                    try (Aggregator batch = aggregator(foldScale)) {
+                        backendName = batch.backendName();
+                        global = readingGuard(open, () -> batch.aggregate(updates));
+                    } catch (IllegalArgumentException e) {
+                        if (e instanceof InvalidUpdateException || allowMissing) {
+                            throw e;
+                        }
+                        // The facade names a tensor that only some clients have, not who lacks it.
+                        checkPresence(keysOf);
                         throw e;
                     }
-                    // The facade names a tensor that only some clients have, not who lacks it.
-                    checkPresence(keysOf);
-                    throw e;
+                    // A file changed under the mapping may read as zeros without any fault (the tail
+                    // of its last page): refuse what was computed from it.
+                    checkUnchanged(open);
+                } else {
+                    backendName = aggregator.backendName();
+                    global = round.finish();
                 }
-                // A file changed under the mapping may read as zeros without any fault (the tail
-                // of its last page): refuse what was computed from it.
-                checkUnchanged(open);
                 long aggregated = System.nanoTime();
                 Map<String, Integer> outRanks = PeftAdapter.moduleRanks(global);
                 int globalRank = rank > 0 ? rank : outRanks.values().stream()
                         .mapToInt(Integer::intValue).max().orElse(1);
-                AdapterConfig config = outputConfig(open, foldScale, globalRank, outRanks, notes);
-                PeftAdapter first = open.get(0);
+                AdapterConfig config = outputConfig(infos, foldScale, globalRank, outRanks, notes);
                 Map<String, Tensor> written = global;
+                Map<String, String> metadata = firstMetadata;
                 readingGuard(open, () -> {
-                    PeftAdapter.write(output, output.toString(), force, written, dtype, config, first.metadata());
+                    PeftAdapter.write(output, output.toString(), force, written, dtype, config, metadata);
                     return null;
                 });
                 long end = System.nanoTime();
@@ -300,6 +346,12 @@ final class AggregateCommand implements Callable<Integer> {
             } finally {
                 progress.done();
                 open.forEach(PeftAdapter::close);
+                if (round != null) {
+                    round.close();
+                }
+                if (aggregator != null) {
+                    aggregator.close();
+                }
             }
         }
 
@@ -310,24 +362,20 @@ final class AggregateCommand implements Callable<Integer> {
          * rank); a client without a config has no known scale and does not count, and with no
          * config at all the output carries scale 1.
          */
-        private AdapterConfig outputConfig(List<PeftAdapter> open, LoraScale foldScale, int globalRank,
+        private AdapterConfig outputConfig(List<ClientInfo> open, LoraScale foldScale, int globalRank,
                 Map<String, Integer> outRanks, List<String> notes) {
             AdapterConfig base = null;
             List<Object> targets = new ArrayList<>();
-            for (PeftAdapter a : open) {
+            for (ClientInfo a : open) {
                 if (a.config() != null) {
                     base = base == null ? a.config() : base;
                     targets.add(a.config().targetModules());
                 }
             }
-            AdapterConfig first = open.get(0).config();
-            if (first != null) {
-                base = first;
-            }
             Map<String, Double> scales = new LinkedHashMap<>();
             List<Map<String, Integer>> clientRanks = new ArrayList<>();
-            for (PeftAdapter a : open) {
-                clientRanks.add(PeftAdapter.moduleRanks(a.tensors()));
+            for (ClientInfo a : open) {
+                clientRanks.add(a.ranks());
             }
             for (var e : outRanks.entrySet()) {
                 String module = e.getKey();
@@ -360,15 +408,11 @@ final class AggregateCommand implements Callable<Integer> {
         }
 
         /** A global rank the output cannot hold is a usage error, found before anything is allocated. */
-        private void checkOutputSize(List<PeftAdapter> open) {
+        private void checkOutputSize(Map<String, long[]> features) {
             if (rank == 0) {
                 return;
             }
             long floats = 0;
-            Map<String, long[]> features = new LinkedHashMap<>();
-            for (PeftAdapter a : open) {
-                features.putAll(PeftAdapter.moduleFeatures(a.tensors()));
-            }
             for (var e : features.entrySet()) {
                 long in = e.getValue()[0], out = e.getValue()[1];
                 if ((long) rank * in > Integer.MAX_VALUE - 8 || (long) rank * out > Integer.MAX_VALUE - 8) {

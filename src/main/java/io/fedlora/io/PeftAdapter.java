@@ -150,6 +150,14 @@ public final class PeftAdapter implements AutoCloseable {
      * @throws InvalidFileException naming the file and the problem
      */
     public static PeftAdapter open(Path path) throws IOException {
+        return open(path, true);
+    }
+
+    /**
+     * Opens a PEFT adapter directory or a bare safetensors file, memory-mapped ({@code mapped}) or
+     * read into memory of its own ({@link Safetensors#readCopy}).
+     */
+    public static PeftAdapter open(Path path, boolean mapped) throws IOException {
         Location location = locate(path);
         AdapterConfig config = location.config() != null ? AdapterConfig.read(location.config()) : null;
         Path weightsFile = location.weights();
@@ -159,7 +167,7 @@ public final class PeftAdapter implements AutoCloseable {
         } catch (IOException e) {
             throw new InvalidFileException(weightsFile.toString(), "cannot read: " + Messages.reason(e), e);
         }
-        Safetensors weights = Safetensors.open(weightsFile);
+        Safetensors weights = mapped ? Safetensors.open(weightsFile) : Safetensors.readCopy(weightsFile);
         try {
             if (moduleRanks(weights.tensors()).isEmpty()) {
                 throw new InvalidFileException(weightsFile.toString(),

@@ -116,6 +116,45 @@ public final class Safetensors implements AutoCloseable {
     }
 
     /**
+     * Reads {@code path} into memory of its own (no mapping) and checks it: a file that shrinks
+     * while it is read is reported as such, and nothing that happens to the file afterwards can
+     * fault a later read. Costs a copy and the file's size in native memory until {@link #close()}.
+     */
+    public static Safetensors readCopy(Path path) throws IOException {
+        String source = path.toString();
+        Arena arena = Arena.ofShared();
+        try (FileChannel channel = FileChannel.open(path, StandardOpenOption.READ)) {
+            long size = channel.size();
+            if (size < 8) {
+                throw new InvalidFileException(source,
+                        "not a safetensors file: it is " + size + " bytes, too short for the 8-byte header length");
+            }
+            MemorySegment copy = arena.allocate(size, 64);
+            long position = 0;
+            while (position < size) {
+                ByteBuffer chunk = copy.asSlice(position, Math.min(1L << 30, size - position)).asByteBuffer();
+                while (chunk.hasRemaining()) {
+                    if (channel.read(chunk, position + chunk.position()) < 0) {
+                        throw new InvalidFileException(source, "changed while being read: it was " + size
+                                + " bytes and ended after " + (position + chunk.position()));
+                    }
+                }
+                position += chunk.capacity();
+            }
+            return parse(copy, source, arena);
+        } catch (NoSuchFileException e) {
+            arena.close();
+            throw new InvalidFileException(source, "no such file", e);
+        } catch (AccessDeniedException e) {
+            arena.close();
+            throw new InvalidFileException(source, "permission denied", e);
+        } catch (Throwable t) {
+            arena.close();
+            throw t;
+        }
+    }
+
+    /**
      * Parses a whole safetensors file held in memory; the tensors are views into {@code file},
      * which the caller keeps alive. {@code source} names it in error messages.
      */
@@ -539,7 +578,7 @@ public final class Safetensors implements AutoCloseable {
 
     /** Brings a mapped file's pages into memory now; a no-op for data already in memory. */
     public void load() {
-        if (mapping.isMapped()) {
+        if (mapping != null && mapping.isMapped()) {
             mapping.load();
         }
     }

@@ -417,6 +417,12 @@ class CliTest {
     }
 
     @Test
+    void outOfMemorySaysWhichVariableGivesMoreHeap() {
+        String line = Main.describe(new OutOfMemoryError("Java heap space"));
+        assertTrue(line.contains("FEDLORA_JAVA_OPTS=-Xmx"), line);
+    }
+
+    @Test
     void verboseAddsTheStackTrace() throws Exception {
         Path missing = clientsDir.resolve("missing");
         Run quiet = cli("aggregate", "--strategy", "zero", "-o", outParent.resolve("o").toString(), missing.toString());

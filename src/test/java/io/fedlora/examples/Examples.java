@@ -8,6 +8,7 @@ import io.fedlora.Partial;
 import io.fedlora.Policy;
 import io.fedlora.Round;
 import io.fedlora.Strategy;
+import io.fedlora.io.AdapterConfig;
 import io.fedlora.io.PeftAdapter;
 import io.fedlora.io.Safetensors;
 import io.fedlora.kernels.Backends;
@@ -17,11 +18,11 @@ import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Collections;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 // end::imports[]
 import java.nio.file.Files;
-import java.util.LinkedHashMap;
 import java.util.SplittableRandom;
 
 /**
@@ -120,9 +121,16 @@ public final class Examples {
                 updates.add(adapter.toUpdate(clientDirs.get(k).getFileName().toString(), weights.get(k)));
             }
             Map<String, Tensor> global = aggregator.aggregate(updates);
-            int globalRank = Collections.max(PeftAdapter.moduleRanks(global).values());
-            // The first client's config, with r = globalRank and a rank_pattern where a module differs.
-            PeftAdapter.write(outDir, global, DType.F32, adapters.get(0).config(), Map.of(), globalRank);
+            Map<String, Integer> ranks = PeftAdapter.moduleRanks(global);
+            int globalRank = Collections.max(ranks.values());
+            // r, rank_pattern and lora_alpha/alpha_pattern such that PEFT applies each module with
+            // the first client's LoRA scale (clients whose scales differ: Policy.withFoldScale).
+            AdapterConfig first = adapters.get(0).config();
+            Map<String, Integer> firstRanks = PeftAdapter.moduleRanks(adapters.get(0).tensors());
+            Map<String, Double> scales = new LinkedHashMap<>();
+            ranks.keySet().forEach(module -> scales.put(module, first.scaleFor(module, firstRanks.get(module))));
+            AdapterConfig config = AdapterConfig.forOutput(first, globalRank, ranks, scales, first.useRslora(), null);
+            PeftAdapter.write(outDir, outDir.toString(), true, global, DType.F32, config, Map.of());
         } finally {
             adapters.forEach(PeftAdapter::close);   // the tensors were views into the mappings
         }
@@ -153,6 +161,11 @@ public final class Examples {
         return values;
     }
 
+    /** A client's adapter_config.json with lora_alpha = 2 r (PEFT's scale alpha / r = 2 at every rank). */
+    static AdapterConfig config(int rank) throws IOException {
+        return AdapterConfig.of(Map.of("peft_type", "LORA", "r", rank, "lora_alpha", 2 * rank), "<example r=" + rank + ">");
+    }
+
     /** Every example once, on generated adapters; prints one line each and "examples: ok". */
     public static void main(String[] args) throws IOException {
         Path work = Files.createTempDirectory("fedlora-examples-");
@@ -172,8 +185,8 @@ public final class Examples {
                 System.out.println("partial: " + here.clientCount() + " clients");
             }
             System.out.println("download: " + PeftAdapter.moduleRanks(forClient(global, 4)));
-            PeftAdapter.write(work.resolve("phone"), phone, DType.BF16, null, Map.of(), 4);
-            PeftAdapter.write(work.resolve("laptop"), laptop, DType.BF16, null, Map.of(), 16);
+            PeftAdapter.write(work.resolve("phone"), phone, DType.BF16, config(4), Map.of(), 4);
+            PeftAdapter.write(work.resolve("laptop"), laptop, DType.BF16, config(16), Map.of(), 16);
             aggregateDirectories(aggregator, List.of(work.resolve("phone"), work.resolve("laptop")),
                     List.of(120.0, 800.0), work.resolve("global"));
             try (PeftAdapter written = PeftAdapter.open(work.resolve("global"))) {

@@ -233,14 +233,19 @@ class ExamplesTest {
 
     @Test
     void peftDirectoriesInAndOutGiveTheBatchResultBitForBit(@TempDir Path dir) throws IOException {
-        PeftAdapter.write(dir.resolve("phone-17"), phone, DType.F32, null, Map.of(), 4);
-        PeftAdapter.write(dir.resolve("laptop-3"), laptop, DType.F32, null, Map.of(), 16);
+        PeftAdapter.write(dir.resolve("phone-17"), phone, DType.F32, Examples.config(4), Map.of(), 4);
+        PeftAdapter.write(dir.resolve("laptop-3"), laptop, DType.F32, Examples.config(16), Map.of(), 16);
         Path out = dir.resolve("global");
         Examples.aggregateDirectories(aggregator, List.of(dir.resolve("phone-17"), dir.resolve("laptop-3")),
                 List.of(120.0, 800.0), out);
         Map<String, Tensor> batch = Examples.batch(aggregator, phone, laptop);
         try (PeftAdapter written = PeftAdapter.open(out)) {
             assertEquals(16, written.config().r());
+            // Both clients act with scale 2 (alpha = 2 r); so must the global adapter at rank 16
+            // (keeping the phone's lora_alpha = 8 with r = 16 would make it 0.5).
+            for (String module : PeftAdapter.moduleRanks(written.tensors()).keySet()) {
+                assertEquals(2.0, written.config().scaleFor(module, written.config().rankFor(module)), 1e-12, module);
+            }
             assertEquals(batch.keySet(), written.tensors().keySet());
             for (String key : batch.keySet()) {
                 assertArrayEquals(batch.get(key).toFloatArray(), written.tensors().get(key).toFloatArray(), key);

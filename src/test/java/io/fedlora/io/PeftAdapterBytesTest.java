@@ -81,7 +81,7 @@ class PeftAdapterBytesTest {
         MemorySegment good = MemorySegment.ofArray(weights);
 
         assertRefused("hdfs://nn/c/adapter_config.json: invalid JSON", good, "{\"r\": 4,".getBytes(StandardCharsets.UTF_8));
-        assertRefused("hdfs://nn/c/adapter_config.json: is not valid UTF-8", good, new byte[] {'{', '"', (byte) 0xC3, '"', '}'});
+        assertRefused("hdfs://nn/c/adapter_config.json: is not valid UTF-8 (byte 0xC3 at offset 2)", good, new byte[] {'{', '"', (byte) 0xC3, '"', '}'});
         assertRefused("hdfs://nn/c/adapter_config.json: is not a JSON object", good, "[1]".getBytes(StandardCharsets.UTF_8));
         assertRefused("hdfs://nn/c/adapter_model.safetensors: ",
                 MemorySegment.ofArray(Arrays.copyOf(weights, weights.length - 1)), null);

@@ -7,6 +7,7 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.lang.foreign.MemorySegment;
 import java.net.URI;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Locale;
 import java.util.Map;
@@ -17,7 +18,7 @@ import org.apache.hadoop.fs.FileSystem;
 
 /**
  * Opens the clients behind manifest locations, for one task. Local paths and {@code file:} URIs are
- * memory-mapped (nothing is copied onto the heap). Any other URI ({@code hdfs:}, {@code s3a:},
+ * memory-mapped (or read into the heap, {@link #openLocal}). Any other URI ({@code hdfs:}, {@code s3a:},
  * {@code abfs:}, {@code gs:} ... whatever Hadoop file systems the cluster has) is read whole into
  * the heap through Hadoop, then parsed in place: such a client is a PEFT directory, and its
  * weights must fit one array (2 GB).
@@ -25,16 +26,21 @@ import org.apache.hadoop.fs.FileSystem;
 final class ClientFiles {
 
     private final Map<String, String> hadoopSettings;
+    private final boolean heapLocal;
     private Configuration hadoop;
 
-    /** {@code hadoopSettings}: Spark's {@code spark.hadoop.*} settings, without the prefix, for the Hadoop file systems. */
-    ClientFiles(Map<String, String> hadoopSettings) {
+    /**
+     * @param hadoopSettings Spark's {@code spark.hadoop.*} settings, without the prefix, for the Hadoop file systems
+     * @param heapLocal      read local clients into the heap instead of mapping them (see {@link #openLocal})
+     */
+    ClientFiles(Map<String, String> hadoopSettings, boolean heapLocal) {
         this.hadoopSettings = hadoopSettings;
+        this.heapLocal = heapLocal;
     }
 
     PeftAdapter open(String location) throws IOException {
         if (!Manifest.isUri(location)) {
-            return PeftAdapter.open(Path.of(location));
+            return heapLocal ? openLocal(Path.of(location), location) : PeftAdapter.open(Path.of(location));
         }
         URI uri;
         try {
@@ -43,9 +49,26 @@ final class ClientFiles {
             throw new InvalidFileException(location, "not a valid URI: " + e.getMessage());
         }
         if ("file".equals(uri.getScheme().toLowerCase(Locale.ROOT))) {
-            return PeftAdapter.open(Path.of(uri));
+            return heapLocal ? openLocal(Path.of(uri), location) : PeftAdapter.open(Path.of(uri));
         }
         return openRemote(location);
+    }
+
+    /**
+     * A local PEFT directory read into the heap rather than mapped ({@code --local-read heap}): a
+     * task holds one client at a time, and unmapping a file closes a shared arena, a handshake with
+     * every thread of the JVM, which an executor has many of (see spark/README.md for what it
+     * cost). Anything else (a bare file, a client over 2 GB, a missing weights file, whose message
+     * {@link PeftAdapter#open} words) is mapped.
+     */
+    private static PeftAdapter openLocal(Path client, String location) throws IOException {
+        Path weights = client.resolve(PeftAdapter.WEIGHTS);
+        if (!Files.isDirectory(client) || !Files.isRegularFile(weights) || Files.size(weights) > Integer.MAX_VALUE - 8) {
+            return PeftAdapter.open(client);
+        }
+        Path config = client.resolve(PeftAdapter.CONFIG);
+        byte[] configBytes = Files.isRegularFile(config) ? Files.readAllBytes(config) : null;
+        return PeftAdapter.read(MemorySegment.ofArray(Files.readAllBytes(weights)), configBytes, location);
     }
 
     /** A PEFT directory read through Hadoop. */

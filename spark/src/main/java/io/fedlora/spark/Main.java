@@ -28,6 +28,9 @@ import picocli.CommandLine.Option;
         description = "Aggregate the clients of a manifest (client_id, path_or_uri, weight) on Spark into one global adapter.")
 public final class Main implements Callable<Integer> {
 
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
     @Option(names = "--master", paramLabel = "URL",
             description = "Spark master; default the one spark-submit was given, else local[*]. "
                     + "local-cluster[WORKERS,CORES,MB] starts executor JVMs of its own.")
@@ -77,6 +80,14 @@ public final class Main implements Callable<Integer> {
     @Option(names = "--verbose", description = "Where the time went; stack traces on failure.")
     boolean verbose;
 
+    @Option(names = "--local-read", paramLabel = "map|heap", defaultValue = "map",
+            description = "Local clients: memory-mapped (default) or read into the task's heap, one at a time.")
+    String localRead;
+
+    @Option(names = "--repeat", paramLabel = "N", defaultValue = "1", hidden = true,
+            description = "Run the job N times in one Spark context (measurements: the first run pays executor start-up and JIT warm-up).")
+    int repeat;
+
     public static void main(String[] args) {
         System.exit(run(args));
     }
@@ -104,9 +115,13 @@ public final class Main implements Callable<Integer> {
         try (JavaSparkContext spark = new JavaSparkContext(conf)) {
             spark.setLogLevel("WARN");
             long started = System.nanoTime();
-            result = SparkAggregation.run(spark, clients, options, output);
             if (verbose) {
                 System.err.printf(Locale.ROOT, "fedlora-spark: Spark start %.3f s%n", (started - start) / 1e9);
+            }
+            result = SparkAggregation.run(spark, clients, options, output);
+            for (int run = 2; run <= repeat; run++) {
+                report(result, options, "run " + (run - 1) + ": ");
+                result = SparkAggregation.run(spark, clients, options, output);
             }
         }
         for (BadClient bad : result.bad()) {
@@ -115,24 +130,27 @@ public final class Main implements Callable<Integer> {
         if (report != null) {
             writeReport(report, result.bad());
         }
+        report(result, options, repeat > 1 ? "run " + repeat + ": " : "");
+        return 0;
+    }
+
+    private void report(SparkAggregation.Result result, SparkAggregation.Options options, String prefix) {
         double seconds = (result.setupNanos() + result.jobNanos() + result.finishNanos() + result.writeNanos()) / 1e9;
-        System.out.printf(Locale.ROOT, "%s: %d clients (%d left out), %s, global rank %d, %.1f MB read in %.3f s, "
-                        + "%d tasks, partial %.1f MB%n", output, result.clients(), result.bad().size(),
+        System.out.printf(Locale.ROOT, "%s%s: %d clients (%d left out), %s, global rank %d, %.1f MB read in %.3f s, "
+                        + "%d tasks, partial %.1f MB%n", prefix, output, result.clients(), result.bad().size(),
                 options.policy().strategy().name().toLowerCase(Locale.ROOT), result.globalRank(), result.bytesRead() / 1e6,
                 seconds, result.partitions(), result.partialBytes() / 1e6);
         if (verbose) {
             TaskResult t = result.totals();
             System.err.printf(Locale.ROOT, "fedlora-spark: driver: setup %.3f s, job %.3f s, finish %.3f s, write %.3f s; "
-                            + "tasks (summed): read %.3f s, add %.3f s, encode %.3f s, merge %.3f s%n",
+                            + "%d tasks: %.3f s in all, longest %.3f s (read %.3f s, add %.3f s, close %.3f s, encode %.3f s); merges %.3f s%n",
                     result.setupNanos() / 1e9, result.jobNanos() / 1e9, result.finishNanos() / 1e9,
-                    result.writeNanos() / 1e9, t.readNanos() / 1e9, t.addNanos() / 1e9, t.encodeNanos() / 1e9,
-                    t.mergeNanos() / 1e9);
+                    result.writeNanos() / 1e9, t.tasks(), t.taskNanos() / 1e9, t.longestTaskNanos() / 1e9,
+                    t.readNanos() / 1e9, t.addNanos() / 1e9, t.closeNanos() / 1e9, t.encodeNanos() / 1e9, t.mergeNanos() / 1e9);
         }
-        return 0;
     }
 
     SparkAggregation.Options options() {
-        CommandLine.Model.CommandSpec spec = new CommandLine(this).getCommandSpec();
         Strategy s;
         try {
             s = Strategy.valueOf(strategy.trim().toUpperCase(Locale.ROOT));
@@ -148,11 +166,15 @@ public final class Main implements Callable<Integer> {
         if (!scale.equals("none") && !scale.equals("fold")) {
             throw new CommandLine.ParameterException(spec.commandLine(), "--scale: expected none or fold, got '" + scale + "'");
         }
+        if (!localRead.equals("map") && !localRead.equals("heap")) {
+            throw new CommandLine.ParameterException(spec.commandLine(), "--local-read: expected map or heap, got '" + localRead + "'");
+        }
         if (rank < 0 || threads < 1 || partitions < 0) {
             throw new CommandLine.ParameterException(spec.commandLine(), "--rank >= 0, --threads >= 1, --partitions >= 0");
         }
         return SparkAggregation.Options.of(Policy.of(s).withGlobalRank(rank).withAllowMissing(allowMissing))
-                .withFold(scale.equals("fold")).withBackend(backend, threads).withPartitions(partitions).withDtype(type);
+                .withFold(scale.equals("fold")).withBackend(backend, threads).withPartitions(partitions).withDtype(type)
+                .withHeapLocal(localRead.equals("heap"));
     }
 
     private static final Pattern LOCAL_CLUSTER = Pattern.compile("local-cluster\\[\\s*(\\d+)\\s*,\\s*(\\d+)\\s*,\\s*(\\d+)\\s*]");

@@ -148,7 +148,7 @@ class SparkAggregationTest {
         assertSameAdapter(singleProcess("zero", clients, dir.resolve("single-retried"), "--scale", "fold"), out);
     }
 
-    /** Clients given as URIs: {@code file:} (mapped) and another scheme (read through Hadoop into memory). */
+    /** Clients given as URIs: {@code file:}, another scheme (read through Hadoop), paths; local ones read into the heap. */
     @Test
     void clientsReadThroughHadoopFileSystemsEqualTheSameOnDisk() throws IOException {
         List<String> lines = new ArrayList<>();
@@ -169,7 +169,7 @@ class SparkAggregationTest {
 
         Path out = dir.resolve("spark-uris");
         SparkAggregation.Result result = SparkAggregation.run(spark, Manifest.read(manifestFile),
-                SparkAggregation.Options.of(Policy.of(Strategy.NORM)).withFold(true), out);
+                SparkAggregation.Options.of(Policy.of(Strategy.NORM)).withFold(true).withHeapLocal(true), out);
         assertEquals(CLIENTS, result.clients());
         Map<String, String> reasons = new TreeMap<>();
         result.bad().forEach(b -> reasons.put(b.clientId(), b.reason()));

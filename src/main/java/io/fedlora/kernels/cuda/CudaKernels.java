@@ -108,14 +108,25 @@ public final class CudaKernels implements Kernels {
         }
     }
 
-    /** The dense-algebra calls (float64 GEMM and SYRK through cuBLAS), for the product-space operations of the SPI. */
-    DenseAlgebra denseAlgebra() {
-        return dense;
+    /**
+     * Float64 {@code C = alpha op(A) op(B) + beta C} on the device (column-major host arrays), for
+     * the product-space operations; see {@link DenseAlgebra#gemm}. Needs cuBLAS.
+     */
+    double[] gemm(String operation, boolean transA, boolean transB, int m, int n, int k, double alpha, double[] a, int lda,
+            double[] b, int ldb, double beta, double[] c, int ldc) {
+        synchronized (session) {
+            session.makeCurrent();
+            return dense.gemm(operation, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        }
     }
 
-    /** The session's lock: callers of {@link #denseAlgebra()} hold it around their calls. */
-    Object lock() {
-        return session;
+    /** Float64 {@code C = alpha op(A) op(A)^T + beta C} on one triangle; see {@link DenseAlgebra#syrk}. Needs cuBLAS. */
+    double[] syrk(String operation, boolean upper, boolean transA, int n, int k, double alpha, double[] a, int lda, double beta,
+            double[] c, int ldc) {
+        synchronized (session) {
+            session.makeCurrent();
+            return dense.syrk(operation, upper, transA, n, k, alpha, a, lda, beta, c, ldc);
+        }
     }
 
     /** For bin/gpu-check's per-kernel harness: validates kernels over several block sizes. */

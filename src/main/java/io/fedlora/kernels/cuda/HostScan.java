@@ -44,7 +44,12 @@ final class HostScan {
                 Thread.currentThread().interrupt();
                 throw new IllegalStateException("interrupted while scanning for NaN and infinity", e);
             } catch (ExecutionException e) {
-                throw new IllegalStateException("scanning for NaN and infinity failed: " + e.getCause(), e.getCause());
+                // As itself: a read fault of a mapped file (InternalError) must reach the facade as one.
+                switch (e.getCause()) {
+                    case RuntimeException r -> throw r;
+                    case Error error -> throw error;
+                    default -> throw new IllegalStateException("scanning for NaN and infinity failed: " + e.getCause(), e.getCause());
+                }
             }
         }
         return finite;

@@ -193,7 +193,12 @@ final class StagingRing implements AutoCloseable {
                 Thread.currentThread().interrupt();
                 throw new IllegalStateException("interrupted while packing a tile for the GPU", e);
             } catch (ExecutionException e) {
-                throw new IllegalStateException("packing a tile for the GPU failed: " + e.getCause(), e.getCause());
+                // As itself: a read fault of a mapped file (InternalError) must reach the facade as one.
+                switch (e.getCause()) {
+                    case RuntimeException r -> throw r;
+                    case Error error -> throw error;
+                    default -> throw new IllegalStateException("packing a tile for the GPU failed: " + e.getCause(), e.getCause());
+                }
             }
         }
     }

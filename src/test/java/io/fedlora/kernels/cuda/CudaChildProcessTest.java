@@ -82,6 +82,19 @@ class CudaChildProcessTest {
     }
 
     @Test
+    void aDeviceFaultIsTheErrorReportedAndCleanUpFailuresAreOnlySuppressed() throws Exception {
+        assumeTrue(emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
+        ChildJvm.Result r = child(Map.of("FEDLORA_EMU_QUIET", "1"), "fault");
+        assertEquals(0, r.exit(), r.output());
+        // The first launch (the first client's accumulate) faults; the download's synchronisation finds it.
+        assertTrue(r.output().contains("fault: cuStreamSynchronize(compute stream) failed: CUDA_ERROR_ILLEGAL_ADDRESS"),
+                r.output());
+        assertTrue(r.output().contains("suppressed: cuMemFree failed: CUDA_ERROR_ILLEGAL_ADDRESS"), r.output());
+        assertTrue(r.output().contains("close: "), r.output());
+        assertTrue(r.output().contains("live objects after close: 0"), r.output());
+    }
+
+    @Test
     void aSmallDeviceComputesInChunksWithTheSameResults() throws Exception {
         assumeTrue(emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
         ChildJvm.Result r = child(Map.of("FEDLORA_EMU_MEMORY", "64K", "FEDLORA_EMU_QUIET", "1"), "chunked");

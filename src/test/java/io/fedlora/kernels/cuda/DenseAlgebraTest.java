@@ -38,11 +38,7 @@ class DenseAlgebraTest {
             for (boolean tb : new boolean[] {false, true}) {
                 int lda = (ta ? k : m) + 2, ldb = (tb ? n : k) + 1, ldc = m + 3;
                 double[] a = values(lda * (ta ? m : k)), b = values(ldb * (tb ? k : n)), c = values(ldc * n);
-                double[] got;
-                synchronized (cuda.lock()) {
-                    cuda.freeDeviceBytes(); // makes the context current
-                    got = cuda.denseAlgebra().gemm("test", ta, tb, m, n, k, 1.5, a, lda, b, ldb, -0.5, c.clone(), ldc);
-                }
+                double[] got = cuda.gemm("test", ta, tb, m, n, k, 1.5, a, lda, b, ldb, -0.5, c.clone(), ldc);
                 for (int j = 0; j < n; j++) {
                     for (int i = 0; i < ldc; i++) {
                         double want = c[j * ldc + i];
@@ -67,11 +63,7 @@ class DenseAlgebraTest {
             for (boolean trans : new boolean[] {false, true}) {
                 int lda = (trans ? k : n) + 1, ldc = n + 2;
                 double[] a = values(lda * (trans ? n : k)), c = values(ldc * n);
-                double[] got;
-                synchronized (cuda.lock()) {
-                    cuda.freeDeviceBytes();
-                    got = cuda.denseAlgebra().syrk("test", upper, trans, n, k, 2.0, a, lda, 0.0, c.clone(), ldc);
-                }
+                double[] got = cuda.syrk("test", upper, trans, n, k, 2.0, a, lda, 0.0, c.clone(), ldc);
                 for (int j = 0; j < n; j++) {
                     for (int i = 0; i < ldc; i++) {
                         double want = c[j * ldc + i];

@@ -60,6 +60,15 @@ final class Emulator {
         }
     }
 
+    /** The next kernel launched faults (CUDA_ERROR_ILLEGAL_ADDRESS) when it runs, breaking the context for good. */
+    static void faultNextLaunch() {
+        try {
+            handle("fedlora_emu_fault_next_launch", FunctionDescriptor.ofVoid()).invokeExact();
+        } catch (Throwable t) {
+            throw new AssertionError(t);
+        }
+    }
+
     /** Live device allocations, pinned host buffers, streams, events and modules. */
     static int liveObjects() {
         try {

@@ -24,6 +24,7 @@ public final class EmulatorChild {
             case "chunked" -> chunked();
             case "backends" -> backends();
             case "nocublas" -> withoutCublas();
+            case "fault" -> stickyFault();
             default -> throw new IllegalArgumentException(args[0]);
         }
     }
@@ -82,17 +83,42 @@ public final class EmulatorChild {
                 System.out.println("norm refused: " + e.getMessage());
             }
             try {
-                synchronized (cuda.lock()) {
-                    cuda.freeDeviceBytes();
-                    cuda.denseAlgebra().gemm("product-space GEMM", false, false, 1, 1, 1, 1, new double[1], 1, new double[1], 1,
-                            0, new double[1], 1);
-                }
+                cuda.gemm("product-space GEMM", false, false, 1, 1, 1, 1, new double[1], 1, new double[1], 1, 0, new double[1], 1);
                 ok &= check("gemm refused", false);
             } catch (UnsupportedOperationException e) {
                 System.out.println("gemm refused: " + e.getMessage());
             }
             System.out.println("dense cause=" + CudaKernels.denseAlgebraUnavailabilityCause());
         }
+        System.exit(ok ? 0 : 1);
+    }
+
+    /**
+     * A kernel faults on the device (a sticky error: the context answers every later call with
+     * it). The operation must report the fault from the call that found it, the failing frees of
+     * its clean-up only as suppressed; closing the backend must still release everything.
+     */
+    private static void stickyFault() {
+        boolean ok = true;
+        CudaKernels cuda = new CudaKernels();
+        Matrix[] sources = {Matrix.of(new float[12], 3, 4), Matrix.of(new float[12], 3, 4)};
+        Emulator.faultNextLaunch();
+        try {
+            cuda.weightedSum(new float[12], 3, 4, sources, new float[] {1f, 2f}, new float[] {1f, 1f, 1f}, null);
+            ok &= check("the fault was reported", false);
+        } catch (RuntimeException e) {
+            System.out.println("fault: " + e.getMessage());
+            for (Throwable suppressed : e.getSuppressed()) {
+                System.out.println("suppressed: " + suppressed.getMessage());
+            }
+        }
+        try {
+            cuda.close();
+            ok &= check("close in a broken context reported the fault", false);
+        } catch (RuntimeException e) {
+            System.out.println("close: " + e.getMessage());
+        }
+        System.out.println("live objects after close: " + Emulator.liveObjects());
         System.exit(ok ? 0 : 1);
     }
 
