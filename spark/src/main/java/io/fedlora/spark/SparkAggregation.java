@@ -189,6 +189,7 @@ public final class SparkAggregation {
      * global one, as the first client's are for {@code fedlora aggregate}.
      */
     private static Base base(Manifest manifest, Options options, ClientFiles files) {
+        BadClient first = manifest.bad().isEmpty() ? null : manifest.bad().get(0);
         for (Manifest.Entry entry : manifest.clients()) {
             try (PeftAdapter adapter = files.open(entry.location())) {
                 if (options.fold() && adapter.config() == null) {
@@ -203,11 +204,14 @@ public final class SparkAggregation {
                         new LinkedHashMap<>(adapter.metadata()), policy);
             } catch (IOException | UncheckedIOException | IllegalArgumentException e) {
                 // The map task that owns this client reports it; the next one may serve as base.
+                if (first == null) {
+                    first = new BadClient(entry.clientId(), entry.location(), reason(e, entry.clientId()));
+                }
             }
         }
         throw new IllegalArgumentException("no client of the manifest can be used ("
                 + (manifest.clients().size() + manifest.bad().size()) + " listed"
-                + (manifest.bad().isEmpty() ? "" : "; first bad: " + manifest.bad().get(0)) + ")");
+                + (first == null ? "" : "; first: " + first) + ")");
     }
 
     /** One map task: its clients into one round, the round out as partial bytes. */
