@@ -412,8 +412,10 @@ class RoundAtomicityTest {
                 Map<String, Tensor> want = aggregator.aggregate(List.of(saved, plainRaw));
                 assertBitwise(want, aggregator.aggregate(List.of(saved, raw)));
                 Map<String, Tensor> emb = aggregator.aggregate(List.of(ClientUpdate.of("e", 3, embedding)));
-                assertArrayEquals(plainRaw.tensors().get("q.lora_A.weight").toFloatArray(),
-                        emb.get("q.lora_embedding_A").toFloatArray(), 1e-6f);
+                if (!strategy.productSpace()) { // SVD and STACK re-factorise even one client
+                    assertArrayEquals(plainRaw.tensors().get("q.lora_A.weight").toFloatArray(),
+                            emb.get("q.lora_embedding_A").toFloatArray(), 1e-6f);
+                }
             }
         }
         assertEquals("q", PeftKeys.parse("q.lora_B.default.weight").module());
