@@ -134,6 +134,11 @@ public final class SparkAggregation {
      * @throws IllegalArgumentException when no client of the manifest can be used
      */
     public static Result run(JavaSparkContext spark, Manifest manifest, Options options, Path output) throws IOException {
+        Strategy strategy = options.policy().strategy();
+        if (strategy.productSpace()) {
+            throw new IllegalArgumentException(strategy.cliName() + " is a batch strategy (it needs every client's factors"
+                    + " at once), and the Spark job adds up partial sums: use zero, replication or norm, or fedlora aggregate");
+        }
         long start = System.nanoTime();
         Map<String, String> hadoopSettings = new LinkedHashMap<>();
         for (scala.Tuple2<String, String> setting : spark.getConf().getAllWithPrefix("spark.hadoop.")) {
