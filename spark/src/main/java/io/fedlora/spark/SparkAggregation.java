@@ -134,6 +134,11 @@ public final class SparkAggregation {
      * @throws IllegalArgumentException when no client of the manifest can be used
      */
     public static Result run(JavaSparkContext spark, Manifest manifest, Options options, Path output) throws IOException {
+        Strategy strategy = options.policy().strategy();
+        if (strategy.productSpace()) {
+            throw new IllegalArgumentException(strategy.cliName() + " is a batch strategy (it needs every client's factors"
+                    + " at once), and the Spark job adds up partial sums: use zero, replication or norm, or fedlora aggregate");
+        }
         long start = System.nanoTime();
         Map<String, String> hadoopSettings = new LinkedHashMap<>();
         for (scala.Tuple2<String, String> setting : spark.getConf().getAllWithPrefix("spark.hadoop.")) {
@@ -189,6 +194,7 @@ public final class SparkAggregation {
      * global one, as the first client's are for {@code fedlora aggregate}.
      */
     private static Base base(Manifest manifest, Options options, ClientFiles files) {
+        BadClient first = manifest.bad().isEmpty() ? null : manifest.bad().get(0);
         for (Manifest.Entry entry : manifest.clients()) {
             try (PeftAdapter adapter = files.open(entry.location())) {
                 if (options.fold() && adapter.config() == null) {
@@ -203,11 +209,14 @@ public final class SparkAggregation {
                         new LinkedHashMap<>(adapter.metadata()), policy);
             } catch (IOException | UncheckedIOException | IllegalArgumentException e) {
                 // The map task that owns this client reports it; the next one may serve as base.
+                if (first == null) {
+                    first = new BadClient(entry.clientId(), entry.location(), reason(e, entry.clientId()));
+                }
             }
         }
         throw new IllegalArgumentException("no client of the manifest can be used ("
                 + (manifest.clients().size() + manifest.bad().size()) + " listed"
-                + (manifest.bad().isEmpty() ? "" : "; first bad: " + manifest.bad().get(0)) + ")");
+                + (first == null ? "" : "; first: " + first) + ")");
     }
 
     /** One map task: its clients into one round, the round out as partial bytes. */

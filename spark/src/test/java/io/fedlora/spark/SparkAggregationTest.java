@@ -93,8 +93,9 @@ class SparkAggregationTest {
         }
     }
 
+    /** The strategies that sum factor by factor; the product-space ones are batch only and refused (below). */
     @ParameterizedTest
-    @EnumSource(Strategy.class)
+    @EnumSource(value = Strategy.class, names = {"ZERO", "REPLICATION", "NORM"})
     void everyStrategyEqualsSingleProcessAggregation(Strategy strategy) throws IOException {
         String name = strategy.name().toLowerCase(Locale.ROOT);
         Path out = dir.resolve("spark-" + name);
@@ -106,6 +107,21 @@ class SparkAggregationTest {
         assertEquals(result.partitions(), result.totals().tasks(), "one result per map task, none twice");
         assertEquals(16, result.globalRank());
         assertSameAdapter(singleProcess(name, clients, dir.resolve("single-" + name)), out);
+    }
+
+    @Test
+    void everyOtherStrategyIsRefusedBeforeAnythingRuns() {
+        for (Strategy strategy : Strategy.values()) {
+            if (strategy.productSpace()) {
+                IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                        () -> SparkAggregation.run(spark, manifest, SparkAggregation.Options.of(Policy.of(strategy)), dir.resolve("x")));
+                assertTrue(e.getMessage().startsWith(strategy.cliName() + " is a batch strategy"), e.getMessage());
+                assertFalse(Files.exists(dir.resolve("x")));
+            } else {
+                assertTrue(List.of(Strategy.ZERO, Strategy.REPLICATION, Strategy.NORM).contains(strategy),
+                        strategy + " is new: add it to everyStrategyEqualsSingleProcessAggregation or refuse it");
+            }
+        }
     }
 
     @Test
