@@ -68,7 +68,9 @@ class ConfigScaleTest {
 
     static Stream<Arguments> cases() {
         List<Arguments> all = new ArrayList<>();
-        for (Strategy s : Strategy.values()) {
+        // The factor-averaging strategies; SVD and STACK re-factorise, and their written scale is
+        // checked by the product-space tests.
+        for (Strategy s : List.of(Strategy.ZERO, Strategy.REPLICATION, Strategy.NORM)) {
             for (String scale : List.of("none", "fold")) {
                 for (boolean rs : List.of(false, true)) {
                     for (int rank : new int[] {0, 5, 10}) {
