@@ -96,10 +96,16 @@ class RoundAtomicityTest {
                     for (int t = 0; t < 3; t++) {
                         int first = t;
                         adders.add(pool.submit(() -> {
+                            int pauses = 0;
                             for (int k = first; k < clients.size(); k += 3) {
                                 round.add(clients.get(k));
                                 if (k % 30 == first) {
-                                    sleep(); // let the reader in between adds
+                                    // Let the reader in between adds, however loaded the machine (bounded).
+                                    pauses++;
+                                    long deadline = System.nanoTime() + 2_000_000_000L;
+                                    while (snapshots.get() < pauses && System.nanoTime() < deadline) {
+                                        sleep();
+                                    }
                                 }
                             }
                         }));
