@@ -568,7 +568,7 @@ public final class ProductSpace implements AutoCloseable {
     /**
      * System property: "eigen" takes square roots by symmetric eigendecomposition
      * ({@code F = E Lambda^1/2}, negative eigenvalues clamped), as PRODUCT_SPACE.md S2 states it;
-     * the default, pivoted Cholesky, gives an equivalent root at a twentieth of the cost.
+     * the default, pivoted Cholesky, gives an equivalent root for 1/27 of the flops (LAPACK constants).
      */
     static final String ROOT_PROPERTY = "fedlora.product.root";
 

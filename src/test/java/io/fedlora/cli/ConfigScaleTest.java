@@ -69,7 +69,7 @@ class ConfigScaleTest {
     static Stream<Arguments> cases() {
         List<Arguments> all = new ArrayList<>();
         // The factor-averaging strategies; SVD and STACK re-factorise, and their written scale is
-        // checked by the product-space tests.
+        // checked by the product-space tests (ProductScaleTest).
         for (Strategy s : List.of(Strategy.ZERO, Strategy.REPLICATION, Strategy.NORM)) {
             for (String scale : List.of("none", "fold")) {
                 for (boolean rs : List.of(false, true)) {

@@ -19,6 +19,9 @@ import jdk.incubator.vector.VectorSpecies;
 public final class ProductSpaceMeasure {
     private static final VectorSpecies<Double> D = DoubleVector.SPECIES_PREFERRED;
 
+    private ProductSpaceMeasure() {
+    }
+
     /** CPU seconds of this process: on a shared machine, flops per CPU-second is the stable efficiency figure. */
     static double cpu() {
         return ProcessHandle.current().info().totalCpuDuration().orElseThrow().toNanos() / 1e9;
