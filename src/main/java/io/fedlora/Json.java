@@ -26,16 +26,20 @@ public final class Json {
     private Json() {
     }
 
-    /** Parses one JSON value; throws {@link IOException} (jackson's, with line and column) when it is not JSON. */
+    /**
+     * Parses one JSON value (duplicate keys refused); throws jackson's exception (with line and
+     * column) when the text is not JSON, or an {@link IOException} when it is empty or has data
+     * after the value.
+     */
     public static Object parse(String text) throws IOException {
         try (JsonParser parser = FACTORY.createParser(text)) {
             JsonToken first = parser.nextToken();
             if (first == null) {
-                throw new IOException("empty JSON text");
+                throw new IOException("empty file");
             }
             Object value = read(parser, first);
             if (parser.nextToken() != null) {
-                throw new IOException("text after the JSON value at " + parser.currentLocation());
+                throw new IOException("data after the closing '}'");
             }
             return value;
         }

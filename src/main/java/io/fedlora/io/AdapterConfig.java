@@ -1,15 +1,10 @@
 package io.fedlora.io;
 
 import com.fasterxml.jackson.core.JacksonException;
-import com.fasterxml.jackson.core.JsonFactory;
-import com.fasterxml.jackson.core.JsonGenerator;
-import com.fasterxml.jackson.core.JsonParser;
-import com.fasterxml.jackson.core.JsonToken;
-import com.fasterxml.jackson.core.StreamReadFeature;
+import io.fedlora.Json;
+import java.math.BigInteger;
 import io.fedlora.LoraScale;
 import java.io.IOException;
-import java.io.StringWriter;
-import java.math.BigInteger;
 import java.nio.ByteBuffer;
 import java.nio.CharBuffer;
 import java.nio.charset.CharsetDecoder;
@@ -46,10 +41,6 @@ import java.util.regex.PatternSyntaxException;
  * safetensors key without the {@code base_model.model.} prefix and the factor suffix.
  */
 public final class AdapterConfig {
-
-    private static final JsonFactory JSON = JsonFactory.builder()
-            .enable(StreamReadFeature.STRICT_DUPLICATE_DETECTION)
-            .build();
 
     private final Map<String, Object> json;
     private final int r;
@@ -112,18 +103,13 @@ public final class AdapterConfig {
     public static AdapterConfig parse(byte[] bytes, String source) throws InvalidFileException {
         String text = decodeUtf8(bytes, source);
         Object value;
-        try (JsonParser p = JSON.createParser(text)) {
-            value = readValue(p, p.nextToken());
-            if (p.nextToken() != null) {
-                throw new InvalidFileException(source, "invalid JSON: data after the closing '}'");
-            }
+        try {
+            value = Json.parse(text);
         } catch (JacksonException e) {
             String first = e.getOriginalMessage() == null ? "" : e.getOriginalMessage().lines().findFirst().orElse("");
             throw new InvalidFileException(source, "invalid JSON: " + first, e);
-        } catch (InvalidFileException e) {
-            throw e;
         } catch (IOException e) {
-            throw new InvalidFileException(source, "cannot read: " + e.getMessage(), e);
+            throw new InvalidFileException(source, "invalid JSON: " + e.getMessage(), e);
         }
         if (!(value instanceof Map<?, ?> object)) {
             throw new InvalidFileException(source, "is not a JSON object");
@@ -148,38 +134,6 @@ public final class AdapterConfig {
         }
         decoder.flush(out);
         return out.flip().toString();
-    }
-
-    /** One JSON value, starting at {@code token}, as maps, lists and boxed scalars. */
-    private static Object readValue(JsonParser p, JsonToken token) throws IOException {
-        if (token == null) {
-            throw new IOException("empty file");
-        }
-        return switch (token) {
-            case START_OBJECT -> {
-                Map<String, Object> object = new LinkedHashMap<>();
-                for (JsonToken t = p.nextToken(); t != JsonToken.END_OBJECT; t = p.nextToken()) {
-                    String name = p.currentName();
-                    object.put(name, readValue(p, p.nextToken()));
-                }
-                yield object;
-            }
-            case START_ARRAY -> {
-                List<Object> array = new ArrayList<>();
-                for (JsonToken t = p.nextToken(); t != JsonToken.END_ARRAY; t = p.nextToken()) {
-                    array.add(readValue(p, t));
-                }
-                yield array;
-            }
-            case VALUE_STRING -> p.getText();
-            case VALUE_NUMBER_INT -> p.getNumberType() == JsonParser.NumberType.BIG_INTEGER
-                    ? p.getBigIntegerValue() : (Object) p.getLongValue();
-            case VALUE_NUMBER_FLOAT -> p.getDoubleValue();
-            case VALUE_TRUE -> Boolean.TRUE;
-            case VALUE_FALSE -> Boolean.FALSE;
-            case VALUE_NULL -> null;
-            default -> throw new IOException("unexpected " + token);
-        };
     }
 
     /** A config over {@code json} (deep-copied), checked as if read from {@code source}. */
@@ -438,40 +392,6 @@ public final class AdapterConfig {
 
     /** The JSON text, indented, as PEFT writes it. */
     public String toJson() {
-        StringWriter text = new StringWriter();
-        try (JsonGenerator g = JSON.createGenerator(text).useDefaultPrettyPrinter()) {
-            writeValue(g, json);
-        } catch (IOException e) {
-            throw new IllegalStateException(e);
-        }
-        return text + "\n";
-    }
-
-    private static void writeValue(JsonGenerator g, Object value) throws IOException {
-        switch (value) {
-            case null -> g.writeNull();
-            case Map<?, ?> map -> {
-                g.writeStartObject();
-                for (var e : map.entrySet()) {
-                    g.writeFieldName(String.valueOf(e.getKey()));
-                    writeValue(g, e.getValue());
-                }
-                g.writeEndObject();
-            }
-            case List<?> list -> {
-                g.writeStartArray();
-                for (Object v : list) {
-                    writeValue(g, v);
-                }
-                g.writeEndArray();
-            }
-            case String text -> g.writeString(text);
-            case Boolean b -> g.writeBoolean(b);
-            case Long l -> g.writeNumber(l);
-            case Integer i -> g.writeNumber(i);
-            case BigInteger big -> g.writeNumber(big);
-            case Number n -> g.writeNumber(n.doubleValue());
-            default -> g.writeString(value.toString());
-        }
+        return Json.write(json, true) + "\n";
     }
 }
