@@ -201,6 +201,21 @@ class ZeroCopyAndOwnership(unittest.TestCase):
         self.assertLess(java_bytes, input_bytes // 16, "the Java side copied inputs")
         reference.assert_close(self, rnd.finish(), reference.aggregate(updates), what="round")
 
+    def test_a_round_reads_its_inputs_only_during_add(self):
+        # Round.add wraps inputs with global-scope views (see _bridge): whatever the round keeps,
+        # it must not read them later. Overwriting them after add changes no later finish.
+        updates = clients(6, [2, 8, 4])
+        rnd = fedlora.Aggregator().round()
+        for u in updates:
+            rnd.add(*u)
+        before = rnd.finish()
+        for _, _, t in updates:
+            for v in t.values():
+                v[...] = 1e6
+        after = rnd.finish()
+        for k in before:
+            np.testing.assert_array_equal(after[k], before[k])
+
     def test_outputs_are_numpy_owned_and_independent(self):
         updates = clients(2, [2, 4], extra=True)
         agg = fedlora.Aggregator()

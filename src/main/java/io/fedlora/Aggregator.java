@@ -5,6 +5,8 @@ import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Tensor;
 
 import io.fedlora.kernels.Backends;
+import io.fedlora.product.FidelityReport;
+import io.fedlora.product.ProductSpace;
 import io.fedlora.kernels.Kernels;
 import io.fedlora.tensor.Matrix;
 import java.util.ArrayList;
@@ -44,6 +46,7 @@ public final class Aggregator implements AutoCloseable {
     private final Policy policy;
     final Kernels kernels;
     private final boolean ownsKernels;
+    private volatile ProductSpace productSpace;
 
     private Aggregator(Builder b) {
         this.policy = new Policy(b.strategy, b.globalRank, b.allowMissing, b.foldScale);
@@ -90,6 +93,10 @@ public final class Aggregator implements AutoCloseable {
 
     /** A new streaming round: add clients one at a time (from any threads), then finish. */
     public Round newRound() {
+        if (policy.strategy().productSpace()) {
+            throw new UnsupportedOperationException(policy.strategy().cliName() + " is a batch strategy: it needs every"
+                    + " client's factors at once (all Gram cross blocks B_k^T B_j); use aggregate(clients)");
+        }
         return new Round(policy, kernels);
     }
 
@@ -127,14 +134,21 @@ public final class Aggregator implements AutoCloseable {
         for (ParsedUpdate p : parsed) {
             shapes.admit(p);
         }
+        // The product-space strategies do not sum through the fused kernel, which finds NaN and
+        // infinity as it sums: they scan every value first.
+        boolean productSpace = policy.strategy().productSpace();
         List<Map<String, Double>> weights = new ArrayList<>(parsed.size());
         for (ParsedUpdate p : parsed) {
-            weights.add(Screen.moduleWeights(p, policy.strategy(), kernels, false));
+            weights.add(Screen.moduleWeights(p, policy.strategy(), kernels, productSpace));
         }
         Map<String, Tensor> out = new LinkedHashMap<>();
         try {
             for (String module : shapes.modules.keySet()) {
-                aggregateModule(module, parsed, weights, out);
+                if (productSpace) {
+                    ProductModules.aggregate(module, owners(module, parsed), policy, productSpace(), out);
+                } else {
+                    aggregateModule(module, parsed, weights, out);
+                }
             }
             for (String key : shapes.others.keySet()) {
                 aggregateOther(key, shapes.others.get(key), parsed, out);
@@ -146,6 +160,66 @@ public final class Aggregator implements AutoCloseable {
             throw e;
         }
         return orderLike(out, clients.get(0).tensors().keySet());
+    }
+
+    /** The clients that have {@code module}, in client order. */
+    private static List<ParsedUpdate> owners(String module, List<ParsedUpdate> parsed) {
+        List<ParsedUpdate> owners = new ArrayList<>();
+        for (ParsedUpdate p : parsed) {
+            if (p.modules.containsKey(module)) {
+                owners.add(p);
+            }
+        }
+        return owners;
+    }
+
+    /** The product-space engine for SVD, STACK and the fidelity report, made on first use. */
+    private ProductSpace productSpace() {
+        ProductSpace ps = productSpace;
+        if (ps == null) {
+            synchronized (this) {
+                if (productSpace == null) {
+                    productSpace = new ProductSpace(ProductSpace.gramKernelsFor(kernels.name()), Backends.defaultThreads());
+                }
+                ps = productSpace;
+            }
+        }
+        return ps;
+    }
+
+    /**
+     * The fidelity report (DESIGN §9): per module and overall, how far each of {@code strategies}
+     * would be, under this aggregator's global rank, folding and missing-module settings, from the
+     * exact weighted average {@code dW*} and from the rank-aware average, also after truncation to
+     * each client rank. Computed from float64 Gram matrices of the clients' factors, never by
+     * forming {@code m x n}; validates the clients as {@link #aggregate} does.
+     */
+    public FidelityReport fidelity(List<ClientUpdate> clients, List<Strategy> strategies) {
+        if (clients.isEmpty()) {
+            throw new IllegalArgumentException("no clients to report on");
+        }
+        List<ParsedUpdate> parsed = new ArrayList<>(clients.size());
+        for (ClientUpdate client : clients) {
+            parsed.add(ParsedUpdate.parse(client));
+        }
+        Shapes shapes = new Shapes(policy.allowMissing());
+        for (ParsedUpdate p : parsed) {
+            shapes.admit(p);
+            Screen.moduleWeights(p, Strategy.ZERO, kernels, true);
+        }
+        List<FidelityReport.ModuleInput> inputs = new ArrayList<>();
+        for (String module : shapes.modules.keySet()) {
+            inputs.add(ProductModules.input(module, owners(module, parsed), policy));
+        }
+        List<String> names = strategies.stream().map(Strategy::cliName).toList();
+        try {
+            return FidelityReport.compute(productSpace(), inputs, names);
+        } catch (RuntimeException | InternalError e) {
+            if (Screen.isReadFault(e)) {
+                throw Screen.unreadable(whichUnreadable(parsed, e), e);
+            }
+            throw e;
+        }
     }
 
     private void aggregateModule(String module, List<ParsedUpdate> parsed, List<Map<String, Double>> weights,
@@ -355,6 +429,10 @@ public final class Aggregator implements AutoCloseable {
     /** Releases the backend if this aggregator created it (a named backend or thread count). */
     @Override
     public void close() {
+        ProductSpace ps = productSpace;
+        if (ps != null) {
+            ps.close();
+        }
         if (ownsKernels) {
             kernels.close();
         }

@@ -5,11 +5,15 @@ import io.fedlora.kernels.Kernels;
 import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Matrix;
 import io.fedlora.tensor.Tensor;
+import java.lang.ref.Cleaner;
 import java.util.ArrayList;
+import java.util.Collections;
+import java.util.IdentityHashMap;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantLock;
 
@@ -44,11 +48,55 @@ public final class Round implements AutoCloseable {
     private final LinkedHashSet<String> keyOrder = new LinkedHashSet<>();
     private long clients;
     private boolean closed;
+    /** Every accumulator this round holds, so that close(), or the cleaner for a round dropped without it, frees them. */
+    private final Held held = new Held();
+    private final Cleaner.Cleanable cleanable;
 
     Round(Policy policy, Kernels kernels) {
         this.policy = policy;
         this.kernels = kernels;
         this.shapes = new Shapes(policy.allowMissing());
+        this.cleanable = CLEANER.register(this, held);
+    }
+
+    /**
+     * The safety net for a round that an engine drops without closing (a task killed half-way, an
+     * iterator never finished): once the round is unreachable, its accumulators are freed, so
+     * device memory (the CUDA backend) does not leak for the life of the JVM. One daemon thread
+     * for all rounds; {@link #close()} remains the way to free them at once.
+     */
+    private static final Cleaner CLEANER = Cleaner.create();
+
+    /** The accumulators of one round; refers to nothing of the round, so that the round can become unreachable. */
+    private static final class Held implements Runnable {
+        private final Set<Accumulator> live = Collections.newSetFromMap(new IdentityHashMap<>());
+
+        synchronized Accumulator track(Accumulator a) {
+            live.add(a);
+            return a;
+        }
+
+        synchronized void release(Accumulator a) {
+            live.remove(a);
+            a.close();
+        }
+
+        /** Frees what is left: called once, by close() or by the cleaner. */
+        @Override
+        public synchronized void run() {
+            RuntimeException failure = null;
+            for (Accumulator a : live) {
+                try {
+                    a.close();
+                } catch (RuntimeException e) {
+                    failure = failure == null ? e : failure;
+                }
+            }
+            live.clear();
+            if (failure != null) {
+                throw failure;
+            }
+        }
     }
 
     public Policy policy() {
@@ -301,8 +349,12 @@ public final class Round implements AutoCloseable {
                 return;
             }
             closed = true;
-            modules.values().forEach(ModuleSums::close);
-            others.values().forEach(TensorSums::close);
+            try {
+                modules.values().forEach(ModuleSums::close);
+                others.values().forEach(TensorSums::close);
+            } finally {
+                cleanable.clean(); // anything left, and the cleaner's registration
+            }
         } finally {
             lock.unlock();
         }
@@ -348,11 +400,11 @@ public final class Round implements AutoCloseable {
         /** Makes room for {@code rank} components; new cells are zero. */
         void reserve(int rank) {
             if (sumA == null) {
-                sumA = kernels.newAccumulator(rank, inFeatures);
+                sumA = held.track(kernels.newAccumulator(rank, inFeatures));
                 try {
-                    sumB = kernels.newAccumulator(outFeatures, rank);
+                    sumB = held.track(kernels.newAccumulator(outFeatures, rank));
                 } catch (RuntimeException | Error e) {
-                    sumA.close();
+                    held.release(sumA);
                     sumA = null;
                     throw e;
                 }
@@ -380,13 +432,13 @@ public final class Round implements AutoCloseable {
             float[] b = copySums && sumB != null ? raw(sumB) : null;
             return () -> {
                 if (a != null) {
-                    Accumulator newA = kernels.newAccumulator(saved.rank, inFeatures);
-                    Accumulator newB = kernels.newAccumulator(outFeatures, saved.rank);
+                    Accumulator newA = held.track(kernels.newAccumulator(saved.rank, inFeatures));
+                    Accumulator newB = held.track(kernels.newAccumulator(outFeatures, saved.rank));
                     // fma(1, x, +0) = x: the copy goes back bit for bit (sums are never -0).
                     newA.add(Matrix.of(a, saved.rank, inFeatures), 1f);
                     newB.add(Matrix.of(b, outFeatures, saved.rank), 1f);
-                    sumA.close();
-                    sumB.close();
+                    held.release(sumA);
+                    held.release(sumB);
                     sumA = newA;
                     sumB = newB;
                 }
@@ -432,8 +484,8 @@ public final class Round implements AutoCloseable {
 
         void close() {
             if (sumA != null) {
-                sumA.close();
-                sumB.close();
+                held.release(sumA);
+                held.release(sumB);
             }
         }
     }
@@ -447,7 +499,7 @@ public final class Round implements AutoCloseable {
         TensorSums(String key, long[] shape, int rows, int cols) {
             this.shape = shape.clone();
             this.book = new Book(key, policy, 0);
-            this.sums = kernels.newAccumulator(rows, cols);
+            this.sums = held.track(kernels.newAccumulator(rows, cols));
         }
 
         void add(Matrix values, double weight, Book.Contribution c) {
@@ -460,9 +512,9 @@ public final class Round implements AutoCloseable {
             float[] values = copySums ? raw(sums) : null;
             return () -> {
                 if (values != null) {
-                    Accumulator restored = kernels.newAccumulator(sums.rows(), sums.cols());
+                    Accumulator restored = held.track(kernels.newAccumulator(sums.rows(), sums.cols()));
                     restored.add(Matrix.of(values, sums.rows(), sums.cols()), 1f);
-                    sums.close();
+                    held.release(sums);
                     sums = restored;
                 }
                 book.totalWeight = saved.totalWeight;
@@ -497,7 +549,7 @@ public final class Round implements AutoCloseable {
         }
 
         void close() {
-            sums.close();
+            held.release(sums);
         }
     }
 }

@@ -12,14 +12,32 @@ public enum Strategy {
      */
     REPLICATION,
     /** HetLoRA-style: ZERO with each client weighted by the Frobenius norm of its update B A. */
-    NORM;
+    NORM,
+    /**
+     * Product space (DESIGN §9): the best rank-R approximation of the exact weighted average
+     * {@code sum_k w_k B_k A_k} (with the clients' LoRA scales when folding), FlexLoRA / PEFT-svd
+     * split ({@code B = U Sigma / s_out}, {@code A = V^T}); components ordered by singular value, so
+     * {@link Aggregator#truncate} gives every client its best rank-r_k part (FlexLoRA
+     * redistribution). Never forms the m x n matrix. Batch only.
+     */
+    SVD,
+    /**
+     * FLoRA stacking: {@code B = [B_1 ... B_K]}, {@code A = [w_1 A_1; ...; w_K A_K]}, exact at rank
+     * {@code sum_k r_k} (the global rank does not apply). Batch only.
+     */
+    STACK;
 
-    /** Parses "zero", "replication" or "norm" (any case). */
+    /** True for the strategies of DESIGN §9, which work on the products B_k A_k, not factor by factor. */
+    public boolean productSpace() {
+        return this == SVD || this == STACK;
+    }
+
+    /** Parses "zero", "replication", "norm", "svd" or "stack" (any case). */
     public static Strategy parse(String name) {
         try {
             return valueOf(name.trim().toUpperCase(Locale.ROOT));
         } catch (IllegalArgumentException | NullPointerException e) {
-            throw new IllegalArgumentException("unknown strategy '" + name + "'; expected zero, replication or norm");
+            throw new IllegalArgumentException("unknown strategy '" + name + "'; expected zero, replication, norm, svd or stack");
         }
     }
 

@@ -96,10 +96,16 @@ class RoundAtomicityTest {
                     for (int t = 0; t < 3; t++) {
                         int first = t;
                         adders.add(pool.submit(() -> {
+                            int pauses = 0;
                             for (int k = first; k < clients.size(); k += 3) {
                                 round.add(clients.get(k));
                                 if (k % 30 == first) {
-                                    sleep(); // let the reader in between adds
+                                    // Let the reader in between adds, however loaded the machine (bounded).
+                                    pauses++;
+                                    long deadline = System.nanoTime() + 2_000_000_000L;
+                                    while (snapshots.get() < pauses && System.nanoTime() < deadline) {
+                                        sleep();
+                                    }
                                 }
                             }
                         }));
@@ -270,8 +276,11 @@ class RoundAtomicityTest {
             bytes += t.data().byteSize();
         }
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.READ, StandardOpenOption.WRITE);
-                Arena arena = Arena.ofShared(); Aggregator aggregator = Aggregator.builder().backend("vector".equals(
-                        Backends.get().name()) ? "vector" : "scalar").build(); Round round = aggregator.newRound()) {
+                Arena arena = Arena.ofShared();
+                // The scalar backend: a read fault in C2-compiled Vector API code is not turned into an
+                // InternalError by JDK 25 but kills the JVM (SIGBUS), so this case is tested where the
+                // JVM can report it (see the README's known limits).
+                Aggregator aggregator = Aggregator.builder().backend("scalar").build(); Round round = aggregator.newRound()) {
             ch.write(java.nio.ByteBuffer.allocate((int) bytes));
             MemorySegment mapped = ch.map(FileChannel.MapMode.READ_WRITE, 0, bytes, arena);
             Map<String, Tensor> tensors = new LinkedHashMap<>();
@@ -409,8 +418,10 @@ class RoundAtomicityTest {
                 Map<String, Tensor> want = aggregator.aggregate(List.of(saved, plainRaw));
                 assertBitwise(want, aggregator.aggregate(List.of(saved, raw)));
                 Map<String, Tensor> emb = aggregator.aggregate(List.of(ClientUpdate.of("e", 3, embedding)));
-                assertArrayEquals(plainRaw.tensors().get("q.lora_A.weight").toFloatArray(),
-                        emb.get("q.lora_embedding_A").toFloatArray(), 1e-6f);
+                if (!strategy.productSpace()) { // SVD and STACK re-factorise even one client
+                    assertArrayEquals(plainRaw.tensors().get("q.lora_A.weight").toFloatArray(),
+                            emb.get("q.lora_embedding_A").toFloatArray(), 1e-6f);
+                }
             }
         }
         assertEquals("q", PeftKeys.parse("q.lora_B.default.weight").module());

@@ -148,6 +148,9 @@ class StrategyTest {
         List<Arguments> cases = new ArrayList<>();
         for (String backend : TestBackends.names()) {
             for (Strategy strategy : Strategy.values()) {
+                if (strategy.productSpace()) {
+                    continue; // SVD, STACK: not factor averages; held to a dense reference in io.fedlora.product
+                }
                 cases.add(Arguments.of(backend, strategy, DType.F32, 0, 10));
                 cases.add(Arguments.of(backend, strategy, DType.BF16, 3, 10));
                 cases.add(Arguments.of(backend, strategy, DType.F16, 24, 10));

@@ -114,7 +114,7 @@ final class AggregateCommand implements Callable<Integer> {
                     + "and does not take --weights; use zero or replication for data weights");
         }
         List<Path> clients = Inputs.expand(clientArguments, spec);
-        double[] w = checkedWeights(weightsFile != null ? readWeights(weightsFile) : weights, clients.size(), spec);
+        double[] w = checkedWeights(weightsFile != null ? readWeights(weightsFile, clients) : weights, clients.size(), spec);
         List<PeftAdapter.Location> locations = new ArrayList<>();
         for (Path client : clients) {
             locations.add(PeftAdapter.locate(client));
@@ -147,8 +147,13 @@ final class AggregateCommand implements Callable<Integer> {
         }
     }
 
-    /** One weight per line; blank lines and # comments skipped. */
-    static double[] readWeights(Path file) throws IOException {
+    /**
+     * A weights file: one weight per line in the order of the clients, or {@code CLIENT WEIGHT}
+     * lines (the path relative to the file's directory, the weight last) that name every client
+     * once, matched by file (links and other spellings of a path are the same client). Blank lines
+     * and # comments are skipped; the two forms are not mixed.
+     */
+    static double[] readWeights(Path file, List<Path> clients) throws IOException {
         List<String> lines;
         try {
             lines = java.nio.file.Files.readAllLines(file);
@@ -158,18 +163,63 @@ final class AggregateCommand implements Callable<Integer> {
             throw new InvalidFileException(file.toString(), "no such file");
         }
         List<Double> values = new ArrayList<>();
+        Map<Object, Double> byClient = new LinkedHashMap<>();
+        Path base = file.toAbsolutePath().getParent();
         for (int n = 0; n < lines.size(); n++) {
             String line = lines.get(n).strip();
             if (line.isEmpty() || line.startsWith("#")) {
                 continue;
             }
+            int space = line.lastIndexOf(' ') >= 0 ? line.lastIndexOf(' ') : line.lastIndexOf('\t');
+            String number = space < 0 ? line : line.substring(space + 1);
+            double value;
             try {
-                values.add(Double.parseDouble(line));
+                value = Double.parseDouble(number);
             } catch (NumberFormatException e) {
-                throw new InvalidFileException(file.toString(), "line " + (n + 1) + " ('" + line + "') is not a number");
+                throw new InvalidFileException(file.toString(), "line " + (n + 1) + " ('" + line + "') is not "
+                        + (space < 0 ? "a number" : "CLIENT WEIGHT"));
+            }
+            if (space < 0) {
+                values.add(value);
+                continue;
+            }
+            Path named = Path.of(line.substring(0, space).strip());
+            Path client = named.isAbsolute() ? named : base.resolve(named);
+            Object key;
+            try {
+                key = fileKey(client);
+            } catch (IOException e) {
+                throw new InvalidFileException(file.toString(), "line " + (n + 1) + ": no client " + named);
+            }
+            if (byClient.put(key, value) != null) {
+                throw new InvalidFileException(file.toString(), "line " + (n + 1) + ": " + named + " has a weight already");
             }
         }
-        return values.stream().mapToDouble(Double::doubleValue).toArray();
+        if (!byClient.isEmpty() && !values.isEmpty()) {
+            throw new InvalidFileException(file.toString(), "mixes WEIGHT lines and CLIENT WEIGHT lines");
+        }
+        if (byClient.isEmpty()) {
+            return values.stream().mapToDouble(Double::doubleValue).toArray();
+        }
+        double[] weights = new double[clients.size()];
+        for (int k = 0; k < clients.size(); k++) {
+            Double w = byClient.remove(fileKey(clients.get(k)));
+            if (w == null) {
+                throw new InvalidFileException(file.toString(), "has no weight for client " + clients.get(k));
+            }
+            weights[k] = w;
+        }
+        if (!byClient.isEmpty()) {
+            throw new InvalidFileException(file.toString(), "names " + byClient.size() + " path(s) that are not "
+                    + "among the clients");
+        }
+        return weights;
+    }
+
+    /** What identifies a client: its file key (device and inode), else its real path. */
+    static Object fileKey(Path client) throws IOException {
+        Object key = java.nio.file.Files.readAttributes(client, java.nio.file.attribute.BasicFileAttributes.class).fileKey();
+        return key != null ? key : client.toRealPath();
     }
 
     static double[] checkedWeights(double[] weights, int clients, CommandSpec spec) {

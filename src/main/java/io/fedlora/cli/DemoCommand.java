@@ -126,7 +126,7 @@ final class DemoCommand implements Callable<Integer> {
                             : "DistilBERT-sized (6 layers x q,k,v,out,ffn1,ffn2)",
                     modules.size(), Progress.bytes(bytes), dtype.name().toLowerCase(Locale.ROOT));
             double jvmStart = coldSeconds(List.of("--version"));
-            main.out.printf(Locale.ROOT, "%-12s %-8s %21s %21s  %s%n", "", "", "cold (one-shot)", "warm (server)", "");
+            main.out.printf(Locale.ROOT, "%-12s %-8s %21s %21s%n", "", "", "cold (one-shot)", "warm (server)");
             main.out.printf(Locale.ROOT, "%-12s %-8s %10s %10s %10s %10s  %s%n", "strategy", "backend",
                     "time", "GB/s", "time", "GB/s", "high-rank components kept");
             for (Strategy strategy : Strategy.values()) {

@@ -25,7 +25,8 @@ import picocli.CommandLine.ScopeType;
         versionProvider = Main.Version.class,
         description = "Server-side aggregation of rank-heterogeneous federated LoRA adapters "
                 + "(zero, replication and norm-weighted padding).",
-        subcommands = {AggregateCommand.class, TruncateCommand.class, InfoCommand.class, DemoCommand.class},
+        subcommands = {AggregateCommand.class, TruncateCommand.class, InfoCommand.class, DemoCommand.class,
+                FidelityCommand.class},
         synopsisSubcommandLabel = "COMMAND")
 public final class Main implements Runnable {
 

@@ -221,6 +221,53 @@ class CliSafetyTest {
         assertEquals(0, misses.get(), "times the reader found no complete adapter at -o");
     }
 
+    /**
+     * The new adapter is on disk before it is put in place: under strace, both files and the
+     * temporary directory are fsync'ed before the rename (or exchange) that publishes them.
+     * Skipped where strace is missing or may not trace.
+     */
+    @Test
+    void everythingIsSyncedBeforeItIsPublished() throws Exception {
+        List<Path> c = three();
+        Path out = outs.resolve("global");
+        assertEquals(0, cli(aggregate(out, c)).status());
+        Path trace = tmp.resolve("strace.txt");
+        String java = ProcessHandle.current().info().command().orElseThrow();
+        List<String> command = new ArrayList<>(List.of("strace", "-f", "-y", "-qq", "-e",
+                "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", trace.toString(), java, "--add-modules",
+                "jdk.incubator.vector", "--enable-native-access=ALL-UNNAMED", "-cp", System.getProperty("java.class.path"),
+                Main.class.getName()));
+        command.addAll(List.of(aggregate(out, c, "--force")));
+        Process p;
+        try {
+            p = new ProcessBuilder(command).redirectErrorStream(true).start();
+        } catch (IOException e) {
+            assumeTrue(false, "no strace here: skipping the fsync order check");
+            return;
+        }
+        String output = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        int exit = p.waitFor();
+        assumeTrue(exit == 0 || !output.contains("ptrace"), "strace may not trace here: " + output);
+        assertEquals(0, exit, output);
+        List<String> calls = Files.readAllLines(trace).stream()
+                .filter(l -> l.contains("fedlora-tmp-") && !l.contains("unfinished") && !l.contains("resumed")).toList();
+        int publish = -1;
+        for (int i = 0; i < calls.size(); i++) {
+            if (calls.get(i).contains("rename") && calls.get(i).contains("\"" + out + "\"")) {
+                publish = i;
+                break;
+            }
+        }
+        assertTrue(publish > 0, "a rename onto -o: " + calls);
+        List<String> before = calls.subList(0, publish);
+        for (String synced : List.of("/" + PeftAdapter.WEIGHTS + ">", "/" + PeftAdapter.CONFIG + ">")) {
+            assertTrue(before.stream().anyMatch(l -> l.contains("fsync(") && l.contains(synced)),
+                    synced + " synced before publishing: " + before);
+        }
+        assertTrue(before.stream().anyMatch(l -> l.contains("fsync(") && l.matches(".*fedlora-tmp-[0-9a-f]{16}>\\).*")),
+                "the temporary directory synced before publishing: " + before);
+    }
+
     @Test
     void deadRunsLeftoversAreRemovedAndNothingElse() throws Exception {
         List<Path> c = three();
@@ -400,6 +447,36 @@ class CliSafetyTest {
         refused(1, says(out.toString(), "'" + key + "'", "70000", "65504", "nothing was written"),
                 aggregate(out, List.of(big), "--dtype", "f16"));
         assertEquals(0, cli(aggregate(out, List.of(big), "--dtype", "bf16")).status(), "bf16 holds 70000");
+        // bfloat16 rounds float32 values near its limit up to infinity.
+        b[3] = 3.4e38f;
+        t.put(key, Tensor.of(b, t.get(key).shape()));
+        PeftAdapter.write(big, t, null, CliTest.config(2, 16, false), Map.of(), 2);
+        Path out2 = outs.resolve("g2");
+        refused(1, says(out2.toString(), "'" + key + "'", "3.4E38", "3.39e38"), aggregate(out2, List.of(big), "--dtype", "bf16"));
+    }
+
+    /** Progress is drawn by default when stderr is a terminal (util-linux script gives the child one). */
+    @Test
+    void progressIsDrawnOnATerminalByDefault() throws Exception {
+        boolean script;
+        try {
+            script = new ProcessBuilder("script", "--version").redirectErrorStream(true).start().waitFor() == 0;
+        } catch (IOException e) {
+            script = false;
+        }
+        assumeTrue(script, "no util-linux script to give the child a terminal: skipping");
+        List<Path> c = three();
+        String java = ProcessHandle.current().info().command().orElseThrow();
+        StringBuilder command = new StringBuilder("'" + java + "' --add-modules jdk.incubator.vector "
+                + "--enable-native-access=ALL-UNNAMED -cp '" + System.getProperty("java.class.path") + "' "
+                + Main.class.getName());
+        for (String a : aggregate(outs.resolve("g"), c)) {
+            command.append(" '").append(a).append("'");
+        }
+        Process p = new ProcessBuilder("script", "-qec", command.toString(), "/dev/null").redirectErrorStream(true).start();
+        String output = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertEquals(0, p.waitFor(), output);
+        assertTrue(output.contains("\rfedlora: read 3/3 clients"), output);
     }
 
     // ---- 4. messages that name the file and the problem ------------------------------------------
@@ -601,6 +678,22 @@ class CliSafetyTest {
         assertEquals(0, run.status(), run.err());
         refused(2, says("--weights has 2 values for 3 clients"), "aggregate", "--strategy", "zero", "--weights", "1,2",
                 "-o", outs.resolve("y").toString(), "@" + list);
+        // CLIENT WEIGHT lines, in any order, relative to the weights file.
+        Path keyed = Files.writeString(clients.resolve("keyed.txt"), "tablet 3\n# the phone\n./phone 1\n"
+                + c.get(1) + " 2\n");
+        Path out4 = outs.resolve("keyed");
+        run = cli("aggregate", "--strategy", "replication", "--weights-file", keyed.toString(), "-o", out4.toString(),
+                c.get(1).toString(), c.get(0).toString(), c.get(2).toString());
+        assertEquals(0, run.status(), run.err());
+        assertEquals(-1L, Files.mismatch(out1.resolve(PeftAdapter.WEIGHTS), out4.resolve(PeftAdapter.WEIGHTS)));
+        Path partial = Files.writeString(tmp.resolve("partial.txt"), c.get(0) + " 1\n" + c.get(1) + " 2\n");
+        refused(1, says(partial + ": has no weight for client " + c.get(2)), "aggregate", "--strategy", "zero",
+                "--weights-file", partial.toString(), "-o", outs.resolve("y").toString(), c.get(0).toString(),
+                c.get(1).toString(), c.get(2).toString());
+        Path mixed = Files.writeString(tmp.resolve("mixed.txt"), c.get(0) + " 1\n2\n3\n");
+        refused(1, says(mixed + ": mixes WEIGHT lines and CLIENT WEIGHT lines"), "aggregate", "--strategy", "zero",
+                "--weights-file", mixed.toString(), "-o", outs.resolve("y").toString(), c.get(0).toString(),
+                c.get(1).toString(), c.get(2).toString());
         Path badWeights = Files.writeString(tmp.resolve("bad.txt"), "1\nmany\n");
         refused(1, says(badWeights + ": line 2 ('many') is not a number"), "aggregate", "--strategy", "zero",
                 "--weights-file", badWeights.toString(), "-o", outs.resolve("y").toString(), "@" + list);

@@ -171,7 +171,7 @@ class CliTest {
     }
 
     @ParameterizedTest
-    @EnumSource(Strategy.class)
+    @EnumSource(value = Strategy.class, names = {"ZERO", "REPLICATION", "NORM"}) // SVD, STACK: FidelityCommandTest, ProductFacadeTest
     void aggregateMatchesTheFacade(Strategy strategy) throws Exception {
         List<Path> clients = writeClients(RANKS, MIXED, 16);
         Path out = outParent.resolve("global");

@@ -37,7 +37,7 @@ public final class Main implements Callable<Integer> {
     String master;
 
     @Option(names = "--strategy", paramLabel = "zero|replication|norm", defaultValue = "replication",
-            description = "Padding strategy (default replication).")
+            description = "Padding strategy (default replication); the product-space ones (svd, stack) are batch only.")
     String strategy;
 
     @Option(names = "--rank", paramLabel = "R", defaultValue = "0",
@@ -65,6 +65,9 @@ public final class Main implements Callable<Integer> {
     @Option(names = "--partitions", paramLabel = "N", defaultValue = "0",
             description = "Map tasks; default twice Spark's default parallelism.")
     int partitions;
+
+    @Option(names = "--force", description = "Replace an existing adapter directory at OUT_DIR.")
+    boolean force;
 
     @Option(names = "--report", paramLabel = "FILE",
             description = "Write the bad clients there, one per line: client_id<TAB>location<TAB>reason.")
@@ -127,6 +130,9 @@ public final class Main implements Callable<Integer> {
         for (BadClient bad : result.bad()) {
             System.err.println("fedlora-spark: left out " + bad);
         }
+        for (String note : result.notes()) {
+            System.err.println("fedlora-spark: note: " + note);
+        }
         if (report != null) {
             writeReport(report, result.bad());
         }
@@ -157,6 +163,10 @@ public final class Main implements Callable<Integer> {
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(spec.commandLine(), "--strategy: unknown strategy '" + strategy + "'");
         }
+        if (s.productSpace()) {
+            throw new CommandLine.ParameterException(spec.commandLine(), "--strategy " + s.cliName()
+                    + " is a batch strategy, and the Spark job adds up partial sums: use zero, replication or norm");
+        }
         DType type = switch (dtype.trim().toLowerCase(Locale.ROOT)) {
             case "f32", "float32" -> DType.F32;
             case "bf16", "bfloat16" -> DType.BF16;
@@ -174,7 +184,7 @@ public final class Main implements Callable<Integer> {
         }
         return SparkAggregation.Options.of(Policy.of(s).withGlobalRank(rank).withAllowMissing(allowMissing))
                 .withFold(scale.equals("fold")).withBackend(backend, threads).withPartitions(partitions).withDtype(type)
-                .withHeapLocal(localRead.equals("heap"));
+                .withHeapLocal(localRead.equals("heap")).withForce(force || repeat > 1);
     }
 
     private static final Pattern LOCAL_CLUSTER = Pattern.compile("local-cluster\\[\\s*(\\d+)\\s*,\\s*(\\d+)\\s*,\\s*(\\d+)\\s*]");

@@ -5,6 +5,7 @@ import io.fedlora.InvalidUpdateException;
 import io.fedlora.Round;
 import io.fedlora.Partial;
 import io.fedlora.Policy;
+import io.fedlora.Strategy;
 import io.fedlora.io.AdapterConfig;
 import io.fedlora.io.PeftAdapter;
 import io.fedlora.tensor.DType;
@@ -57,9 +58,10 @@ public final class SparkAggregation {
      * @param depth       depth of the tree reduction
      * @param dtype       element type of the output (null: float32)
      * @param heapLocal   read local clients into the heap instead of mapping them
+     * @param force       replace an existing adapter directory at the output
      */
     public record Options(Policy policy, boolean fold, String backend, int threads, int partitions, int depth,
-            DType dtype, boolean heapLocal) implements Serializable {
+            DType dtype, boolean heapLocal, boolean force) implements Serializable {
 
         public Options {
             Objects.requireNonNull(policy, "policy");
@@ -71,27 +73,31 @@ public final class SparkAggregation {
         }
 
         public static Options of(Policy policy) {
-            return new Options(policy, false, "vector", 1, 0, 2, null, false);
+            return new Options(policy, false, "vector", 1, 0, 2, null, false, false);
         }
 
         public Options withFold(boolean scaleFold) {
-            return new Options(policy, scaleFold, backend, threads, partitions, depth, dtype, heapLocal);
+            return new Options(policy, scaleFold, backend, threads, partitions, depth, dtype, heapLocal, force);
         }
 
         public Options withBackend(String name, int threadsPerTask) {
-            return new Options(policy, fold, name, threadsPerTask, partitions, depth, dtype, heapLocal);
+            return new Options(policy, fold, name, threadsPerTask, partitions, depth, dtype, heapLocal, force);
         }
 
         public Options withPartitions(int count) {
-            return new Options(policy, fold, backend, threads, count, depth, dtype, heapLocal);
+            return new Options(policy, fold, backend, threads, count, depth, dtype, heapLocal, force);
         }
 
         public Options withDtype(DType type) {
-            return new Options(policy, fold, backend, threads, partitions, depth, type, heapLocal);
+            return new Options(policy, fold, backend, threads, partitions, depth, type, heapLocal, force);
         }
 
         public Options withHeapLocal(boolean heap) {
-            return new Options(policy, fold, backend, threads, partitions, depth, dtype, heap);
+            return new Options(policy, fold, backend, threads, partitions, depth, dtype, heap, force);
+        }
+
+        public Options withForce(boolean replace) {
+            return new Options(policy, fold, backend, threads, partitions, depth, dtype, heapLocal, replace);
         }
     }
 
@@ -117,7 +123,7 @@ public final class SparkAggregation {
      * @param writeNanos   driver: writing the output directory
      */
     public record Result(Path output, long clients, List<BadClient> bad, int globalRank, long bytesRead,
-            long partialBytes, int partitions, TaskResult totals, long setupNanos, long jobNanos,
+            long partialBytes, int partitions, TaskResult totals, List<String> notes, long setupNanos, long jobNanos,
             long finishNanos, long writeNanos) {
     }
 
@@ -128,6 +134,11 @@ public final class SparkAggregation {
      * @throws IllegalArgumentException when no client of the manifest can be used
      */
     public static Result run(JavaSparkContext spark, Manifest manifest, Options options, Path output) throws IOException {
+        Strategy strategy = options.policy().strategy();
+        if (strategy.productSpace()) {
+            throw new IllegalArgumentException(strategy.cliName() + " is a batch strategy (it needs every client's factors"
+                    + " at once), and the Spark job adds up partial sums: use zero, replication or norm, or fedlora aggregate");
+        }
         long start = System.nanoTime();
         Map<String, String> hadoopSettings = new LinkedHashMap<>();
         for (scala.Tuple2<String, String> setting : spark.getConf().getAllWithPrefix("spark.hadoop.")) {
@@ -158,12 +169,19 @@ public final class SparkAggregation {
             global = orderLike(base.schema.keys(), round.finish());
         }
         long finished = System.nanoTime();
+        Map<String, Integer> outRanks = PeftAdapter.moduleRanks(global);
         int globalRank = base.policy.globalRank() > 0 ? base.policy.globalRank()
-                : PeftAdapter.moduleRanks(global).values().stream().mapToInt(Integer::intValue).max().orElse(1);
-        PeftAdapter.write(output, global, options.dtype(), base.config, base.metadata, globalRank);
+                : outRanks.values().stream().mapToInt(Integer::intValue).max().orElse(1);
+        List<String> notes = new ArrayList<>();
+        if (base.policy.strategy() == Strategy.NORM && clients.stream().anyMatch(c -> c.weight() != 1)) {
+            notes.add("--strategy norm weights each client by ||B A||_F; the manifest's weights are not used");
+        }
+        AdapterConfig config = total.configs().config(base.config, base.policy.foldScale(), globalRank, outRanks, notes);
+        PeftAdapter.write(output, output.toString(), options.force(), global, options.dtype(), config, base.metadata);
         long written = System.nanoTime();
         return new Result(output, total.clients(), List.copyOf(bad), globalRank, total.bytesRead(),
-                total.partial().length, partitions, total, setup - start, job - setup, finished - job, written - finished);
+                total.partial().length, partitions, total, List.copyOf(notes), setup - start, job - setup,
+                finished - job, written - finished);
     }
 
     /** The base client: its tensors' shapes, its config and metadata, and the job's policy (with its fold scale). */
@@ -176,6 +194,7 @@ public final class SparkAggregation {
      * global one, as the first client's are for {@code fedlora aggregate}.
      */
     private static Base base(Manifest manifest, Options options, ClientFiles files) {
+        BadClient first = manifest.bad().isEmpty() ? null : manifest.bad().get(0);
         for (Manifest.Entry entry : manifest.clients()) {
             try (PeftAdapter adapter = files.open(entry.location())) {
                 if (options.fold() && adapter.config() == null) {
@@ -184,24 +203,29 @@ public final class SparkAggregation {
                 Policy policy = options.fold() ? options.policy().withFoldScale(adapter.config().scale()) : options.policy();
                 try (Aggregator check = Aggregator.builder().policy(policy).backend("scalar").threads(1).build();
                         Round round = check.newRound()) {
-                    round.add(adapter.toUpdate(entry.clientId(), entry.weight()));
+                    round.add(adapter.toUpdate(entry.clientId(), policy.strategy() == Strategy.NORM ? 1 : entry.weight()));
                 }
                 return new Base(Schema.of(entry.clientId(), adapter.tensors()), adapter.config(),
                         new LinkedHashMap<>(adapter.metadata()), policy);
             } catch (IOException | UncheckedIOException | IllegalArgumentException e) {
                 // The map task that owns this client reports it; the next one may serve as base.
+                if (first == null) {
+                    first = new BadClient(entry.clientId(), entry.location(), reason(e, entry.clientId()));
+                }
             }
         }
         throw new IllegalArgumentException("no client of the manifest can be used ("
                 + (manifest.clients().size() + manifest.bad().size()) + " listed"
-                + (manifest.bad().isEmpty() ? "" : "; first bad: " + manifest.bad().get(0)) + ")");
+                + (first == null ? "" : "; first: " + first) + ")");
     }
 
     /** One map task: its clients into one round, the round out as partial bytes. */
     static TaskResult aggregatePartition(Spec spec, Iterator<Manifest.Entry> entries) {
         long start = System.nanoTime();
         boolean allowMissing = spec.policy().allowMissing(), fold = spec.policy().folds();
+        boolean norm = spec.policy().strategy() == Strategy.NORM;
         List<BadClient> bad = new ArrayList<>();
+        ConfigSummary configs = new ConfigSummary();
         long clients = 0, bytes = 0, readNanos = 0, addNanos = 0, closeNanos = 0, encodeNanos = 0;
         byte[] partial = null;
         ClientFiles files = new ClientFiles(spec.hadoopSettings(), spec.heapLocal());
@@ -220,9 +244,12 @@ public final class SparkAggregation {
                         continue;
                     }
                     long t1 = System.nanoTime();
-                    round.add(adapter.toUpdate(entry.clientId(), entry.weight()));
+                    // NORM weighs each client by ||B A||_F, and fedlora aggregate takes no data weights with it.
+                    double weight = norm ? 1 : entry.weight();
+                    round.add(adapter.toUpdate(entry.clientId(), weight));
                     addNanos += System.nanoTime() - t1;
                     readNanos += t1 - t0;
+                    configs.add(entry.index(), adapter, weight);
                     clients++;
                     bytes += adapter.byteSize();
                 } catch (IOException | UncheckedIOException | IllegalArgumentException e) {
@@ -249,7 +276,8 @@ public final class SparkAggregation {
             throw new IllegalStateException("failing attempt 0 of partition " + task.partitionId() + " on purpose (test)");
         }
         long wall = System.nanoTime() - start;
-        return new TaskResult(partial, clients, bad, bytes, readNanos, addNanos, closeNanos, encodeNanos, 0, wall, wall, 1);
+        return new TaskResult(partial, clients, bad, bytes, readNanos, addNanos, closeNanos, encodeNanos, 0, wall, wall, 1,
+                configs);
     }
 
     /**

@@ -22,10 +22,11 @@ import java.util.List;
  * @param taskNanos    map tasks' wall time, summed (the above, and building the task's aggregator)
  * @param longestTaskNanos the longest map task
  * @param tasks        map tasks whose results are in here
+ * @param configs      what the output's config needs from the good clients
  */
 public record TaskResult(byte[] partial, long clients, List<BadClient> bad, long bytesRead,
         long readNanos, long addNanos, long closeNanos, long encodeNanos, long mergeNanos, long taskNanos, long longestTaskNanos,
-        int tasks) implements Serializable {
+        int tasks, ConfigSummary configs) implements Serializable {
 
     /** The two results' bad clients and counters, around an already merged partial. */
     static TaskResult combined(TaskResult x, TaskResult y, byte[] partial, long mergeNanos) {
@@ -34,6 +35,6 @@ public record TaskResult(byte[] partial, long clients, List<BadClient> bad, long
         return new TaskResult(partial, x.clients + y.clients, bad, x.bytesRead + y.bytesRead,
                 x.readNanos + y.readNanos, x.addNanos + y.addNanos, x.closeNanos + y.closeNanos, x.encodeNanos + y.encodeNanos,
                 x.mergeNanos + y.mergeNanos + mergeNanos, x.taskNanos + y.taskNanos,
-                Math.max(x.longestTaskNanos, y.longestTaskNanos), x.tasks + y.tasks);
+                Math.max(x.longestTaskNanos, y.longestTaskNanos), x.tasks + y.tasks, ConfigSummary.merge(x.configs, y.configs));
     }
 }

@@ -4,6 +4,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
 import io.fedlora.Policy;
 import io.fedlora.Strategy;
 import io.fedlora.io.PeftAdapter;
@@ -91,8 +93,9 @@ class SparkAggregationTest {
         }
     }
 
+    /** The strategies that sum factor by factor; the product-space ones are batch only and refused (below). */
     @ParameterizedTest
-    @EnumSource(Strategy.class)
+    @EnumSource(value = Strategy.class, names = {"ZERO", "REPLICATION", "NORM"})
     void everyStrategyEqualsSingleProcessAggregation(Strategy strategy) throws IOException {
         String name = strategy.name().toLowerCase(Locale.ROOT);
         Path out = dir.resolve("spark-" + name);
@@ -104,6 +107,21 @@ class SparkAggregationTest {
         assertEquals(result.partitions(), result.totals().tasks(), "one result per map task, none twice");
         assertEquals(16, result.globalRank());
         assertSameAdapter(singleProcess(name, clients, dir.resolve("single-" + name)), out);
+    }
+
+    @Test
+    void everyOtherStrategyIsRefusedBeforeAnythingRuns() {
+        for (Strategy strategy : Strategy.values()) {
+            if (strategy.productSpace()) {
+                IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                        () -> SparkAggregation.run(spark, manifest, SparkAggregation.Options.of(Policy.of(strategy)), dir.resolve("x")));
+                assertTrue(e.getMessage().startsWith(strategy.cliName() + " is a batch strategy"), e.getMessage());
+                assertFalse(Files.exists(dir.resolve("x")));
+            } else {
+                assertTrue(List.of(Strategy.ZERO, Strategy.REPLICATION, Strategy.NORM).contains(strategy),
+                        strategy + " is new: add it to everyStrategyEqualsSingleProcessAggregation or refuse it");
+            }
+        }
     }
 
     @Test
@@ -176,6 +194,7 @@ class SparkAggregationTest {
         assertEquals(Set.of("remote-file", "remote-missing"), reasons.keySet());
         assertTrue(reasons.get("remote-missing").contains("no such file or directory"), reasons.toString());
         assertTrue(reasons.get("remote-file").contains("must be a PEFT directory"), reasons.toString());
+        assertEquals(List.of("--strategy norm weights each client by ||B A||_F; the manifest's weights are not used"), result.notes());
         assertSameAdapter(singleProcess("norm", clients, dir.resolve("single-uris"), "--scale", "fold"), out);
     }
 
@@ -264,8 +283,10 @@ class SparkAggregationTest {
 
     /** {@code fedlora aggregate} on the clients, in this JVM, into {@code out}. */
     static Path singleProcess(String strategy, List<GenerateClients.Client> of, Path out, String... extra) {
-        List<String> args = new ArrayList<>(List.of("aggregate", "--strategy", strategy, "-o", out.toString(), "--weights",
-                of.stream().map(c -> Long.toString((long) c.weight())).collect(Collectors.joining(","))));
+        List<String> args = new ArrayList<>(List.of("aggregate", "--strategy", strategy, "-o", out.toString()));
+        if (!strategy.equals("norm")) { // NORM takes no data weights: the job leaves the manifest's out
+            args.addAll(List.of("--weights", of.stream().map(c -> Long.toString((long) c.weight())).collect(Collectors.joining(","))));
+        }
         args.addAll(List.of(extra));
         of.forEach(c -> args.add(c.dir().toString()));
         ByteArrayOutputStream err = new ByteArrayOutputStream();
@@ -275,9 +296,14 @@ class SparkAggregationTest {
         return out;
     }
 
-    /** Same keys in the same order, dtypes and shapes, values to 1e-5 of each tensor's largest; same config. */
+    /**
+     * Same keys in the same order, dtypes and shapes, values to 1e-5 of each tensor's largest; the
+     * same config, its numbers (mean LoRA alphas, summed in another order) to 1e-12.
+     */
     static void assertSameAdapter(Path expectedDir, Path actualDir) throws IOException {
-        assertEquals(Files.readString(expectedDir.resolve(PeftAdapter.CONFIG)), Files.readString(actualDir.resolve(PeftAdapter.CONFIG)));
+        ObjectMapper json = new ObjectMapper();
+        assertSameJson(json.readTree(expectedDir.resolve(PeftAdapter.CONFIG).toFile()),
+                json.readTree(actualDir.resolve(PeftAdapter.CONFIG).toFile()), "adapter_config.json");
         try (PeftAdapter expected = PeftAdapter.open(expectedDir); PeftAdapter actual = PeftAdapter.open(actualDir)) {
             assertEquals(List.copyOf(expected.tensors().keySet()), List.copyOf(actual.tensors().keySet()));
             assertEquals(expected.metadata(), actual.metadata());
@@ -299,6 +325,27 @@ class SparkAggregationTest {
                     }
                 }
             }
+        }
+    }
+
+    static void assertSameJson(JsonNode want, JsonNode got, String where) {
+        if (want.isNumber() && got.isNumber()) {
+            double w = want.doubleValue(), g = got.doubleValue();
+            assertTrue(Math.abs(w - g) <= 1e-12 * Math.max(Math.abs(w), Math.abs(g)), where + ": " + want + " vs " + got);
+            return;
+        }
+        assertEquals(want.getNodeType(), got.getNodeType(), where + ": " + want + " vs " + got);
+        if (want.isObject()) {
+            assertEquals(List.copyOf(want.properties().stream().map(Map.Entry::getKey).toList()),
+                    List.copyOf(got.properties().stream().map(Map.Entry::getKey).toList()), where);
+            want.properties().forEach(e -> assertSameJson(e.getValue(), got.get(e.getKey()), where + "." + e.getKey()));
+        } else if (want.isArray()) {
+            assertEquals(want.size(), got.size(), where);
+            for (int i = 0; i < want.size(); i++) {
+                assertSameJson(want.get(i), got.get(i), where + "[" + i + "]");
+            }
+        } else {
+            assertEquals(want, got, where);
         }
     }
 

@@ -63,7 +63,7 @@ final class StagingRing implements AutoCloseable {
     private final MemorySegment[] hostSegments = new MemorySegment[SLOTS];
     private ExecutorService packers;
     private int nextInput;
-    private boolean closed;
+    private volatile boolean closed;
 
     /** Sizes the slots from the device's free memory; on failure frees what it made and throws. */
     StagingRing(CudaSession session) {
@@ -215,6 +215,9 @@ final class StagingRing implements AutoCloseable {
     }
 
     synchronized ExecutorService packers() {
+        if (closed) {
+            throw new IllegalStateException("the CUDA backend is closed");
+        }
         if (packers == null) {
             packers = Executors.newFixedThreadPool(PACKERS, task -> {
                 Thread thread = new Thread(task, "fedlora-cuda-packer");

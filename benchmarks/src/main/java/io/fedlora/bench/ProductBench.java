@@ -1,0 +1,115 @@
+package io.fedlora.bench;
+
+import io.fedlora.product.FidelityReport;
+import io.fedlora.product.Fill;
+import io.fedlora.product.Grams;
+import io.fedlora.product.LowRank;
+import io.fedlora.product.ModuleFactors;
+import io.fedlora.product.ProductSpace;
+import io.fedlora.product.Split;
+import io.fedlora.tensor.Matrix;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.TimeUnit;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+/**
+ * Product-space aggregation of one module (issue 11, DESIGN §9): the float64 Gram matrices of the
+ * clients' stacks, the Gram-route SVD at R = max r_k (Grams included), and the fidelity report of
+ * ZERO, REPLICATION, NORM, STACK and SVD (Grams included). Ranks drawn uniformly from 8..64
+ * (seeded), as in the issue. GFLOP per operation: Grams {@code (m + n) S^2}, SVD adds
+ * {@code 2 (m + n) S R + ~46 S^3}. The dense alternative (form the m x n average, then a dense SVD)
+ * costs 2.5 TFLOP at 11008 x 4096 whatever K (PRODUCT_SPACE.md T5).
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MILLISECONDS)
+@Warmup(iterations = 1, time = 1, timeUnit = TimeUnit.SECONDS)
+@Measurement(iterations = 3, time = 1, timeUnit = TimeUnit.SECONDS)
+@Fork(value = 1, jvmArgsAppend = {"--add-modules=jdk.incubator.vector", "--sun-misc-unsafe-memory-access=allow",
+        "--enable-native-access=ALL-UNNAMED", "-Xms4g", "-Xmx4g"})
+public class ProductBench {
+
+    /** Gram kernels: "scalar" (reference loops) or "vector" (register-blocked, Vector API). */
+    @Param({"vector"})
+    public String backend;
+
+    /** distilbert 768 x 768, llama-attn 4096 x 4096, llama-mlp 11008 x 4096. */
+    @Param({"llama-attn", "llama-mlp"})
+    public String shape;
+
+    @Param({"16"})
+    public int clients;
+
+    private ProductSpace space;
+    private List<ModuleFactors> factors;
+    private Grams grams;
+    private int rank;
+
+    @Setup(Level.Trial)
+    public void setUp() {
+        int m = switch (shape) {
+            case "distilbert" -> 768;
+            case "llama-attn" -> 4096;
+            case "llama-mlp" -> 11008;
+            default -> throw new IllegalArgumentException("unknown shape " + shape);
+        };
+        int n = "distilbert".equals(shape) ? 768 : 4096;
+        Random rnd = new Random(11);
+        factors = new ArrayList<>();
+        for (int k = 0; k < clients; k++) {
+            int r = 8 + rnd.nextInt(57);
+            rank = Math.max(rank, r);
+            float[] a = new float[r * n], b = new float[m * r];
+            for (int i = 0; i < a.length; i++) {
+                a[i] = (float) (0.01 * rnd.nextGaussian());
+            }
+            for (int i = 0; i < b.length; i++) {
+                b[i] = (float) (0.001 * rnd.nextGaussian());
+            }
+            factors.add(ModuleFactors.of("c" + k, Matrix.of(a, r, n), Matrix.of(b, m, r), 1 + rnd.nextInt(100)));
+        }
+        space = new ProductSpace(ProductSpace.gramKernelsFor(backend), Runtime.getRuntime().availableProcessors());
+        grams = space.grams("bench", factors);
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() {
+        space.close();
+    }
+
+    @Benchmark
+    public Grams grams() {
+        return space.grams("bench", factors);
+    }
+
+    @Benchmark
+    public LowRank svd() {
+        return space.svd("bench", factors, rank, Split.FLEXLORA, 1.0, Fill.ORTH);
+    }
+
+    /** The S x S part and the output products alone, on precomputed Grams. */
+    @Benchmark
+    public LowRank svdAfterGrams() {
+        return space.svd(grams, factors, rank, Split.FLEXLORA, 1.0, Fill.ORTH);
+    }
+
+    @Benchmark
+    public FidelityReport fidelity() {
+        return FidelityReport.compute(space, List.of(new FidelityReport.ModuleInput("bench", factors, 0)),
+                FidelityReport.STRATEGIES);
+    }
+}
