@@ -267,9 +267,10 @@ public abstract class KernelsContractTest {
     @ParameterizedTest
     @EnumSource(DType.class)
     void allFiniteFindsEveryNonFiniteValue(DType dtype) {
-        // 16411 is more than a tile (16384): the vector backend scans memory that is not a float[] a tile at a time.
+        // 16411 is more than a tile (16384): the vector backend scans memory that is not a float[] a
+        // tile at a time; 262147 floats is a 1 MiB scan.
         for (Memory memory : Memory.values()) {
-            for (int n : new int[] {1, 7, 16, 17, 61, 1031, 16411}) {
+            for (int n : new int[] {1, 7, 16, 17, 61, 1031, 16411, 262147}) {
                 SplittableRandom random = new SplittableRandom(n);
                 float[] clean = TestClients.values(random, n);
                 assertTrue(kernels().allFinite(Matrix.dense(in(memory, Tensor.convert(clean, dtype, n).data()), dtype, 1, n)),
@@ -284,6 +285,13 @@ public abstract class KernelsContractTest {
                 }
             }
         }
+        // Strided: 300 rows of 1031 in rows of 1033.
+        float[] wide = TestClients.values(new SplittableRandom(9), 300 * 1033);
+        Matrix strided = new Matrix(MemorySegment.ofArray(wide), DType.F32, 0, 300, 1031, 1033);
+        wide[1031] = Float.NaN; // outside the view
+        assertTrue(kernels().allFinite(strided), "a NaN between the rows of a strided view");
+        wide[299 * 1033 + 1030] = Float.POSITIVE_INFINITY; // the view's last element
+        assertFalse(kernels().allFinite(strided), "infinity at the end of a strided view");
         // Strided: a NaN outside the view is not the view's business.
         float[] v = {1, 2, Float.NaN, 3, 4, Float.NaN};
         assertTrue(kernels().allFinite(new Matrix(MemorySegment.ofArray(v), DType.F32, 0, 2, 2, 3)));

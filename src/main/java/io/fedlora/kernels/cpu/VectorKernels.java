@@ -451,29 +451,43 @@ public final class VectorKernels extends CpuKernels {
         }
     }
 
+    // 16-bit rows are copied into a short[] a tile at a time and widened from there, so that this
+    // backend reads the caller's memory only through float[] loads and MemorySegment.copy, whose
+    // faults (a mapped file truncated under us) the JVM reports as InternalError. The facade's
+    // tests saw a SIGBUS kill the JVM in C2-compiled Vector API code reading such a mapping.
+
     /** bfloat16 is the top half of a float32: widen to int, shift up 16 bits. */
     private static void widenBf16(float[] out, int o, MemorySegment src, long index, int n) {
-        int bound = FLOATS.loopBound(n);
-        int t = 0;
-        for (; t < bound; t += LANES) {
-            ((IntVector) ShortVector.fromMemorySegment(HALFS, src, (index + t) * 2, LE)
-                    .convertShape(VectorOperators.S2I, INTS, 0))
-                    .lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().intoArray(out, o + t);
-        }
-        for (; t < n; t++) {
-            out[o + t] = DType.bf16ToFloat(src.get(SHORT_LE, (index + t) * 2));
+        short[] halves = HALF_SCRATCH.get();
+        for (int start = 0; start < n; start += TILE) {
+            int len = Math.min(TILE, n - start), to = o + start;
+            MemorySegment.copy(src, SHORT_LE, (index + start) * 2, halves, 0, len);
+            int bound = FLOATS.loopBound(len);
+            int t = 0;
+            for (; t < bound; t += LANES) {
+                ((IntVector) ShortVector.fromArray(HALFS, halves, t).convertShape(VectorOperators.S2I, INTS, 0))
+                        .lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().intoArray(out, to + t);
+            }
+            for (; t < len; t++) {
+                out[to + t] = DType.bf16ToFloat(halves[t]);
+            }
         }
     }
 
     private static void widenF16(float[] out, int o, MemorySegment src, long index, int n) {
-        int bound = FLOATS.loopBound(n);
-        int t = 0;
-        for (; t < bound; t += LANES) {
-            f16ToFloat((IntVector) ShortVector.fromMemorySegment(HALFS, src, (index + t) * 2, LE)
-                    .convertShape(VectorOperators.S2I, INTS, 0)).intoArray(out, o + t);
-        }
-        for (; t < n; t++) {
-            out[o + t] = Float.float16ToFloat(src.get(SHORT_LE, (index + t) * 2));
+        short[] halves = HALF_SCRATCH.get();
+        for (int start = 0; start < n; start += TILE) {
+            int len = Math.min(TILE, n - start), to = o + start;
+            MemorySegment.copy(src, SHORT_LE, (index + start) * 2, halves, 0, len);
+            int bound = FLOATS.loopBound(len);
+            int t = 0;
+            for (; t < bound; t += LANES) {
+                f16ToFloat((IntVector) ShortVector.fromArray(HALFS, halves, t)
+                        .convertShape(VectorOperators.S2I, INTS, 0)).intoArray(out, to + t);
+            }
+            for (; t < len; t++) {
+                out[to + t] = Float.float16ToFloat(halves[t]);
+            }
         }
     }
 
