@@ -13,6 +13,7 @@ import io.fedlora.io.AdapterConfig;
 import io.fedlora.io.PeftAdapter;
 import io.fedlora.io.TargetModules;
 import java.io.IOException;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -88,6 +89,12 @@ final class AggregateCommand implements Callable<Integer> {
             + "largest client plus the global adapter; costs a copy of every file.")
     boolean noMmap;
 
+    @Option(names = "--report", paramLabel = "FILE",
+            description = "Also write this aggregation's fidelity report (JSON, as `fedlora fidelity --json`) to FILE: "
+                    + "how far the global's scale * B A is from the exact weighted average of the clients' updates; "
+                    + "costs the Gram matrices. Not with --no-mmap.")
+    Path report;
+
     @Option(names = "--progress", description = "Show progress on stderr even when it is not a terminal.")
     boolean progress;
 
@@ -120,10 +127,12 @@ final class AggregateCommand implements Callable<Integer> {
             locations.add(PeftAdapter.locate(client));
         }
         Inputs.check(locations, output, force, spec);
+        checkReport(clients, spec);
         Job job = new Job(clients, w, strategy, rank, backend, dtype, scale == Options.Scale.FOLD, allowMissing,
                 output, force);
         job.usage = spec;
         job.mapped = !noMmap;
+        job.report = report;
         Result result = job.run(Progress.of(main.err, progress, clients.size()));
         main.out.printf(Locale.ROOT, "%s: %d clients, %s, backend %s, global rank %d, %s in %.3f s (%.2f GB/s)%n",
                 output, result.clients(), strategy.name().toLowerCase(Locale.ROOT), result.backend(),
@@ -265,6 +274,43 @@ final class AggregateCommand implements Callable<Integer> {
      * once to check it, once to add it). Mapped pages are the page cache's, not the heap's, so
      * many large clients cost address space, not memory the JVM must hold.
      */
+    /** The report goes next to the output: never over an input, into one, or into -o (which is replaced whole). */
+    private void checkReport(List<Path> clients, CommandSpec spec) {
+        if (report == null) {
+            return;
+        }
+        if (noMmap) {
+            throw new ParameterException(spec.commandLine(), "--report needs the clients mapped; leave out --no-mmap");
+        }
+        Path where = real(report);
+        for (Path client : clients) {
+            if (where.startsWith(real(client))) {
+                throw new ParameterException(spec.commandLine(), "--report " + report + " is or lies inside the input " + client);
+            }
+        }
+        if (where.startsWith(real(output))) {
+            throw new ParameterException(spec.commandLine(), "--report " + report + " lies inside -o " + output
+                    + ", which is replaced as a whole; put it beside it");
+        }
+        if (Files.exists(report, java.nio.file.LinkOption.NOFOLLOW_LINKS) && !force) {
+            throw new ParameterException(spec.commandLine(), "--report " + report + " exists; add --force to replace it");
+        }
+    }
+
+    /** The real path of {@code p}'s deepest existing ancestor, with the rest appended. */
+    private static Path real(Path p) {
+        Path abs = p.toAbsolutePath().normalize();
+        Path existing = abs;
+        while (existing != null && !Files.exists(existing)) {
+            existing = existing.getParent();
+        }
+        try {
+            return existing == null ? abs : existing.toRealPath().resolve(existing.relativize(abs));
+        } catch (IOException e) {
+            return abs;
+        }
+    }
+
     static final class Job {
         final List<Path> clients;
         final double[] weights;
@@ -278,6 +324,8 @@ final class AggregateCommand implements Callable<Integer> {
         final boolean force;
         /** Memory-map the clients (batch, each byte read once) or read them one at a time (--no-mmap). */
         boolean mapped = true;
+        /** Where to write the fidelity report (JSON), or null. */
+        Path report;
         /** For usage errors found once the clients are open (a --rank too large for memory); may be null. */
         CommandSpec usage;
 
@@ -311,6 +359,7 @@ final class AggregateCommand implements Callable<Integer> {
             long opened;
             Aggregator aggregator = null;
             Round round = null;
+            String reportJson = null;
             try {
                 List<ClientUpdate> updates = new ArrayList<>();
                 for (int k = 0; k < clients.size(); k++) {
@@ -362,6 +411,9 @@ final class AggregateCommand implements Callable<Integer> {
                     try (Aggregator batch = aggregator(foldScale)) {
                         backendName = batch.backendName();
                         global = readingGuard(open, () -> batch.aggregate(updates));
+                        if (report != null) {
+                            reportJson = readingGuard(open, () -> batch.fidelity(updates, List.of(strategy)).toJson());
+                        }
                     } catch (IllegalArgumentException e) {
                         if (e instanceof InvalidUpdateException || allowMissing) {
                             throw e;
@@ -388,6 +440,9 @@ final class AggregateCommand implements Callable<Integer> {
                     PeftAdapter.write(output, output.toString(), force, written, dtype, config, metadata);
                     return null;
                 });
+                if (reportJson != null) {
+                    writeReport(reportJson);
+                }
                 long end = System.nanoTime();
                 return new Result(clients.size(), globalRank, backendName, bytes, (end - start) / 1e9,
                         (opened - start) / 1e9, (aggregated - opened) / 1e9, (end - aggregated) / 1e9, notes);
@@ -402,6 +457,20 @@ final class AggregateCommand implements Callable<Integer> {
                 if (aggregator != null) {
                     aggregator.close();
                 }
+            }
+        }
+
+        /** The report written whole: a temporary file beside it, then one atomic rename. */
+        private void writeReport(String json) throws IOException {
+            Path target = report.toAbsolutePath();
+            Path tmp = target.resolveSibling("." + target.getFileName() + ".fedlora-tmp");
+            try {
+                Files.writeString(tmp, json);
+                Files.move(tmp, target, java.nio.file.StandardCopyOption.REPLACE_EXISTING,
+                        java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+            } catch (IOException e) {
+                Files.deleteIfExists(tmp);
+                throw new IOException("cannot write --report " + report + ": " + e.getMessage(), e);
             }
         }
 

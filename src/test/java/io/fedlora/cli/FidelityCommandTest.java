@@ -78,4 +78,40 @@ class FidelityCommandTest {
         assertEquals(1, gone.status());
         assertTrue(gone.err().contains(missing.toString()), gone.err());
     }
+
+    @Test
+    void aggregateReportIsTheFidelityOfWhatItWrote() throws Exception {
+        List<Path> paths = clients();
+        for (String strategy : List.of("replication", "svd")) {
+            Path out = dir.resolve("global-" + strategy), report = dir.resolve(strategy + "-report.json");
+            CliTest.Run run = CliTest.cli(CliTest.args(paths, "aggregate", "--strategy", strategy, "--backend", "scalar",
+                    "--weights", "1,2,3,4", "--report", report.toString(), "-o", out.toString()));
+            assertEquals(0, run.status(), run.err());
+            CliTest.Run alone = CliTest.cli(CliTest.args(paths, "fidelity", "--json", "--strategy", strategy,
+                    "--backend", "scalar", "--weights", "1,2,3,4"));
+            assertEquals(0, alone.status(), alone.err());
+            assertEquals(alone.out(), java.nio.file.Files.readString(report));
+            try (var files = java.nio.file.Files.list(dir)) {
+                assertTrue(files.noneMatch(f -> f.getFileName().toString().contains("fedlora-tmp")), "no temporary left");
+            }
+            // An existing report is replaced only with --force.
+            CliTest.Run again = CliTest.cli(CliTest.args(paths, "aggregate", "--strategy", strategy, "--backend", "scalar",
+                    "--report", report.toString(), "-o", dir.resolve("other-" + strategy).toString()));
+            assertEquals(2, again.status(), again.err());
+            assertTrue(again.err().contains("exists; add --force"), again.err());
+        }
+        // Never inside -o (replaced whole) or an input, and not with --no-mmap.
+        Path out = dir.resolve("g");
+        CliTest.Run inside = CliTest.cli(CliTest.args(paths, "aggregate", "--strategy", "zero", "--report",
+                out.resolve("r.json").toString(), "-o", out.toString()));
+        assertEquals(2, inside.status(), inside.err());
+        assertTrue(inside.err().contains("lies inside -o"), inside.err());
+        CliTest.Run input = CliTest.cli(CliTest.args(paths, "aggregate", "--strategy", "zero", "--report",
+                paths.get(0).resolve("adapter_config.json").toString(), "-o", out.toString()));
+        assertEquals(2, input.status(), input.err());
+        assertTrue(input.err().contains("inside the input"), input.err());
+        CliTest.Run noMmap = CliTest.cli(CliTest.args(paths, "aggregate", "--strategy", "zero", "--no-mmap", "--report",
+                dir.resolve("x.json").toString(), "-o", out.toString()));
+        assertEquals(2, noMmap.status(), noMmap.err());
+    }
 }
