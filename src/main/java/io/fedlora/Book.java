@@ -49,6 +49,15 @@ final class Book {
         return b;
     }
 
+    /** Takes back every change since {@code saved} was {@linkplain #copy copied}. */
+    void restore(Book saved) {
+        rank = saved.rank;
+        ownerWeight = saved.ownerWeight;
+        totalWeight = saved.totalWeight;
+        clients = saved.clients;
+        exponent = saved.exponent;
+    }
+
     /** The rank the sums need to take a client of rank {@code clientRank}. */
     int rankFor(int clientRank) {
         return policy.globalRank() > 0 ? policy.globalRank() : Math.max(rank, clientRank);

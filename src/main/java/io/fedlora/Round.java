@@ -442,11 +442,7 @@ public final class Round implements AutoCloseable {
                     sumA = newA;
                     sumB = newB;
                 }
-                book.rank = saved.rank;
-                book.ownerWeight = saved.ownerWeight;
-                book.totalWeight = saved.totalWeight;
-                book.clients = saved.clients;
-                book.exponent = saved.exponent;
+                book.restore(saved);
             };
         }
 
@@ -517,9 +513,7 @@ public final class Round implements AutoCloseable {
                     held.release(sums);
                     sums = restored;
                 }
-                book.totalWeight = saved.totalWeight;
-                book.clients = saved.clients;
-                book.exponent = saved.exponent;
+                book.restore(saved);
             };
         }
 

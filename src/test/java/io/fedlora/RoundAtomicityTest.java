@@ -15,10 +15,7 @@ import io.fedlora.tensor.Tensor;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
-import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
@@ -436,9 +433,5 @@ class RoundAtomicityTest {
                     () -> aggregator.aggregate(List.of(ClientUpdate.of("two", 1, twoAdapters))));
             assertTrue(e.getMessage().contains("two adapters"), e.getMessage());
         }
-    }
-
-    static float f(MemorySegment s, long i) {
-        return s.getAtIndex(ValueLayout.JAVA_FLOAT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN), i);
     }
 }
