@@ -148,6 +148,12 @@ class ProductRoundTest {
                     assertEquals(plain.size(), a.clientCount());
                     assertEquals(expectedBytes(plain), a.factorBytes());
                     assertBitwise(plainBatch, a.finish());
+                    // SVD's output does not show the client order (pivoted Cholesky picks the same
+                    // pivots in any order), the partial does: a's clients, then b's.
+                    List<String> ids = plain.stream().map(ClientUpdate::clientId).toList();
+                    assertEquals(ids, clientOrder(a.toPartial(), "q"));
+                    assertEquals(ids, clientOrder(c.toPartial(), "q"));
+                    assertEquals(reversed.stream().map(ClientUpdate::clientId).toList(), clientOrder(d.toPartial(), "q"));
                     assertSamePartial(partialOfB, b.toPartial()); // the merged round stays as it was
                     if (policy.strategy() == Strategy.STACK) {
                         assertNotEquals(Arrays.toString(plainBatch.get("q.lora_A.weight").toFloatArray()),
@@ -316,14 +322,14 @@ class ProductRoundTest {
                     adds.add(pool.submit(() -> round.add(c)));
                 }
                 List<String> seen = List.of();
-                while (!adds.stream().allMatch(Future::isDone)) {
+                do {
                     Partial snapshot = round.toPartial();
                     List<String> order = clientOrder(snapshot, "q");
                     assertEquals(order, clientOrder(snapshot, "up"), "whole clients in every module");
                     assertEquals(seen, order.subList(0, seen.size()), "a later snapshot extends an earlier one");
                     assertEquals(snapshot.clientCount(), order.size());
                     seen = order;
-                }
+                } while (!adds.stream().allMatch(Future::isDone));
                 for (Future<?> f : adds) {
                     f.get();
                 }
