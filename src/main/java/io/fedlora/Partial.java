@@ -113,6 +113,76 @@ public final class Partial {
         return Aggregator.orderLike(out, keyOrder);
     }
 
+    /**
+     * This partial with each module's clients in the order of {@code clientIds}. SVD and STACK
+     * results follow the order the clients were added in (STACK's components are in client
+     * order), so an engine whose reduction merges partials in an order of its own (Spark's
+     * {@code treeReduce}) restores the manifest's order before it finishes, and gets the result of
+     * a batch in that order. A factor-sum partial records no order and is returned as it is.
+     *
+     * @throws IllegalArgumentException naming a client of the partial that {@code clientIds} lacks
+     */
+    public Partial inClientOrder(List<String> clientIds) {
+        if (factors.isEmpty()) {
+            return this;
+        }
+        Map<String, Integer> position = new java.util.HashMap<>();
+        for (int i = 0; i < clientIds.size(); i++) {
+            position.putIfAbsent(clientIds.get(i), i);
+        }
+        Map<String, FactorPart> ordered = new LinkedHashMap<>();
+        for (FactorPart f : factors.values()) {
+            int k = f.ranks().length;
+            Integer[] order = new Integer[k];
+            for (int c = 0; c < k; c++) {
+                order[c] = c;
+                if (!position.containsKey(f.clientIds().get(c))) {
+                    throw new IllegalArgumentException("module '" + f.module() + "': client '" + f.clientIds().get(c)
+                            + "' of the partial is not in the given client order");
+                }
+            }
+            Arrays.sort(order, java.util.Comparator.comparingInt(c -> position.get(f.clientIds().get(c)))); // stable
+            ordered.put(f.module(), permuted(f, order));
+        }
+        return new Partial(policy, clientCount, modules, ordered, others, keyOrder);
+    }
+
+    /** {@code f} with its clients in {@code order} (positions in {@code f}). */
+    private static FactorPart permuted(FactorPart f, Integer[] order) {
+        int k = order.length, n = f.inFeatures(), m = f.outFeatures(), s = f.stackRank();
+        boolean identity = true;
+        for (int c = 0; c < k; c++) {
+            identity &= order[c] == c;
+        }
+        if (identity) {
+            return f;
+        }
+        int[] offsets = new int[k + 1];
+        for (int c = 0; c < k; c++) {
+            offsets[c + 1] = offsets[c] + f.ranks()[c];
+        }
+        float[] a = f.stackA().toFloatArray(), b = f.stackB().toFloatArray();
+        float[] stackA = new float[a.length], stackB = new float[b.length];
+        List<String> ids = new ArrayList<>(k);
+        double[] weights = new double[k], scales = new double[k];
+        int[] ranks = new int[k];
+        int to = 0;
+        for (int c = 0; c < k; c++) {
+            int from = offsets[order[c]], r = f.ranks()[order[c]];
+            System.arraycopy(a, from * n, stackA, to * n, r * n);
+            for (int row = 0; row < m; row++) {
+                System.arraycopy(b, row * s + from, stackB, row * s + to, r);
+            }
+            ids.add(f.clientIds().get(order[c]));
+            weights[c] = f.weights()[order[c]];
+            scales[c] = f.scales()[order[c]];
+            ranks[c] = r;
+            to += r;
+        }
+        return new FactorPart(f.module(), f.keyA(), f.keyB(), n, m, Tensor.of(stackA, s, n), Tensor.of(stackB, m, s),
+                List.copyOf(ids), weights, scales, ranks);
+    }
+
     /** The bookkeeping as one JSON document under {@link #METADATA_KEY}. */
     public Map<String, String> metadata() {
         Map<String, Object> doc = new LinkedHashMap<>();

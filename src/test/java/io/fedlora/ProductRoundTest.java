@@ -153,7 +153,20 @@ class ProductRoundTest {
                     List<String> ids = plain.stream().map(ClientUpdate::clientId).toList();
                     assertEquals(ids, clientOrder(a.toPartial(), "q"));
                     assertEquals(ids, clientOrder(c.toPartial(), "q"));
-                    assertEquals(reversed.stream().map(ClientUpdate::clientId).toList(), clientOrder(d.toPartial(), "q"));
+                    List<String> reversedIds = reversed.stream().map(ClientUpdate::clientId).toList();
+                    assertEquals(reversedIds, clientOrder(d.toPartial(), "q"));
+                    // An engine that merged in its own order restores the batch's.
+                    Partial restored = Partial.fromBytes(MemorySegment.ofArray(d.toPartial().toBytes())).inClientOrder(ids);
+                    assertEquals(ids, clientOrder(restored, "q"));
+                    try (Round fromRestored = aggregator.roundFromPartial(restored)) {
+                        assertBitwise(plainBatch, fromRestored.finish());
+                    }
+                    try (Round fromReordered = aggregator.roundFromPartial(a.toPartial().inClientOrder(reversedIds))) {
+                        assertBitwise(reversedBatch, fromReordered.finish());
+                    }
+                    IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                            () -> a.toPartial().inClientOrder(ids.subList(1, ids.size())));
+                    assertTrue(e.getMessage().contains("client 'c0' of the partial is not in the given client order"), e.getMessage());
                     assertSamePartial(partialOfB, b.toPartial()); // the merged round stays as it was
                     if (policy.strategy() == Strategy.STACK) {
                         assertNotEquals(Arrays.toString(plainBatch.get("q.lora_A.weight").toFloatArray()),
