@@ -29,8 +29,8 @@ import java.util.Map;
  * ({@code [S, n]}) and {@code Bs = [B_1 ... B_K]} ({@code [m, S]}, {@code S = sum r_k}), float32,
  * in client order, with each client's id, weight {@code p_k}, LoRA scale {@code s_k} (1 unless
  * folding) and rank {@code r_k}. Merging appends; its size is the sum of the clients' factor
- * sizes, {@code (m + n) S * 4} bytes per module (format {@value #PRODUCT_FORMAT}; factor-sum
- * partials keep format {@value #FORMAT}).
+ * sizes, {@code (m + n) S * 4} bytes per module (format 3; factor-sum
+ * partials keep format 2).
  *
  * <p>{@link #tensors()} and {@link #metadata()} are what a safetensors file holds (the sums or
  * stacks under their PEFT keys; the bookkeeping as JSON in the header's {@code __metadata__}), and
@@ -267,7 +267,11 @@ public final class Partial {
      * Reads a partial back from {@link #tensors()} and {@link #metadata()} (as a safetensors file
      * gives them), refusing it whole, with a one-line reason, when anything is malformed: no or
      * unknown bookkeeping, a tensor missing, extra or of the wrong shape or dtype, sums that are
-     * not finite, owner or total weights that are negative or not finite, negative counts.
+     * not finite, owner or total weights that are negative or not finite, negative counts; for a
+     * product-space partial (format 3) also client ranks that are not
+     * positive or do not add up to the stacks' rank, per-client lists of different lengths,
+     * client weights that are negative or not finite, LoRA scales that are not finite and
+     * positive (or not 1 without folding), and a format that does not match the policy's strategy.
      */
     public static Partial of(Map<String, Tensor> tensors, Map<String, String> metadata) {
         String text = metadata == null ? null : metadata.get(METADATA_KEY);
