@@ -2,6 +2,7 @@ package io.fedlora;
 
 import io.fedlora.kernels.Accumulator;
 import io.fedlora.kernels.Kernels;
+import io.fedlora.kernels.Log;
 import io.fedlora.product.ModuleFactors;
 import io.fedlora.product.ProductSpace;
 import io.fedlora.tensor.DType;
@@ -19,8 +20,6 @@ import java.util.Set;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantLock;
 import java.util.function.Supplier;
-import org.slf4j.Logger;
-import org.slf4j.LoggerFactory;
 
 /**
  * A streaming aggregation round (DESIGN §2, "streaming and merging"). Each module keeps the
@@ -51,8 +50,6 @@ import org.slf4j.LoggerFactory;
  * doubles per module) are taken only while {@code finish} runs, outside the round's lock.
  */
 public final class Round implements AutoCloseable {
-
-    private static final Logger LOG = LoggerFactory.getLogger(Round.class);
 
     private static final AtomicLong IDS = new AtomicLong();
 
@@ -270,6 +267,7 @@ public final class Round implements AutoCloseable {
                 // Their factors are shared, not copied: no round writes a kept factor after copying it.
                 List<Runnable> steps = new ArrayList<>();
                 for (KeptFactors theirs : other.products.values()) {
+                    checkStackRank(theirs.name, theirs.stackRank);
                     List<ModuleFactors> clientsOfTheirs = List.copyOf(theirs.clients);
                     steps.add(() -> keptFor(theirs.name, theirs.keyA, theirs.keyB, theirs.inFeatures, theirs.outFeatures, null)
                             .appendAll(clientsOfTheirs));
@@ -318,6 +316,7 @@ public final class Round implements AutoCloseable {
             shapes.checkMerge(theirModules, theirOthers, "the partial");
             List<Runnable> steps = new ArrayList<>();
             for (Partial.FactorPart f : partial.factors.values()) {
+                checkStackRank(f.module(), f.stackRank());
                 steps.add(() -> keptFor(f.module(), f.keyA(), f.keyB(), f.inFeatures(), f.outFeatures(), null)
                         .appendAll(imported.get(f.module())));
             }
@@ -345,6 +344,14 @@ public final class Round implements AutoCloseable {
         if (!policy.equals(theirs)) {
             throw new IllegalArgumentException(what + " was summed under " + theirs + ", this round under " + policy
                     + "; only rounds of equal policies merge");
+        }
+    }
+
+    /** Refuses, before any change, a merge whose stack rank {@code S} would not fit an int. */
+    private void checkStackRank(String module, int theirs) {
+        KeptFactors mine = products.get(module);
+        if (mine != null && (long) mine.stackRank + theirs > Integer.MAX_VALUE - 8) {
+            throw new IllegalArgumentException("module '" + module + "': the merged clients' ranks add up to more than 2^31");
         }
     }
 
@@ -405,9 +412,10 @@ public final class Round implements AutoCloseable {
             lock.unlock();
         }
         if (product) {
-            LOG.info("{} round: finishing {} clients from the factors it keeps, {} bytes ({} MiB; (m + n) * sum r_k * 4"
-                    + " per module, {} modules)", policy.strategy().cliName(), count, bytes,
-                    String.format(java.util.Locale.ROOT, "%.1f", bytes / 1048576.0), kept.size());
+            // Through fedlora's Log: SLF4J only when the application has a provider (no SLF4J warnings otherwise).
+            Log.info(Round.class, String.format(java.util.Locale.ROOT, "%s round: finishing %d clients from the factors it"
+                    + " keeps, %d bytes (%.1f MiB; (m + n) * sum r_k * 4 per module, %d modules)",
+                    policy.strategy().cliName(), count, bytes, bytes / 1048576.0, kept.size()));
             ProductSpace space = productSpace.get();
             for (KeptFactors k : kept) {
                 ProductModules.aggregate(k.name, k.keyA, k.keyB, snapshot.get(k.name), policy, space, out);
