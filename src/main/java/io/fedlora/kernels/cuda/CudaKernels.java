@@ -23,8 +23,22 @@ import jcuda.driver.CUdeviceptr;
  * <p>Constructing it is the probe: it throws {@link UnsupportedOperationException} with the
  * reason when CUDA cannot run here (no driver, no device, too little device memory), which
  * {@code Backends} turns into a fallback for {@code auto} and an error for a forced "cuda".
- * Thread-safe: calls are serialised on the session. Without a GPU, the device emulator in
- * {@code native/} stands in for the driver (see native/README.md).
+ * Without a GPU, the device emulator in {@code native/} stands in for the driver (see
+ * native/README.md).
+ *
+ * <p>Thread-safe, and the device lock (the {@link CudaSession}'s monitor) is held only around
+ * device state: allocating and freeing device memory, queueing work on the two streams (copies,
+ * memsets, launches, event records and waits; one staged block's upload, its events and the
+ * kernels that read it are queued as one unit), the launch geometry, the cuBLAS handle and
+ * the list of open accumulators. Host work runs outside it: the finiteness scan and NORM's
+ * Gram matrices (no device at all), packing a block into its pinned staging slot and waiting
+ * for that slot's previous upload (each input slot belongs to one operation at a time, see
+ * {@link StagingRing}), and waiting for streams ({@code cuStreamSynchronize}, the synchronous
+ * copies of flags and scales), which the driver allows while other threads queue. What is still
+ * serialised besides the queueing: the operations that bring tiles back through the one output
+ * slot (weightedSum, pad, an accumulator's finish) take turns on it, including their packing;
+ * there are two input slots, so at most two operations pack at once; and the float64 dense
+ * algebra runs whole under the device lock.
  */
 public final class CudaKernels implements Kernels {
 
@@ -111,20 +125,18 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public Accumulator newAccumulator(int rows, int cols) {
+        session.makeCurrent();
+        CudaAccumulator accumulator = new CudaAccumulator(this, session, ring, rows, cols);
         synchronized (session) {
-            session.makeCurrent();
-            CudaAccumulator accumulator = new CudaAccumulator(this, session, ring, rows, cols);
             open.add(accumulator);
-            return accumulator;
         }
+        return accumulator;
     }
 
     /** Makes the device's context current on this thread and returns its free memory (for tests and diagnostics). */
     long freeDeviceBytes() {
-        synchronized (session) {
-            session.makeCurrent();
-            return session.freeBytes();
-        }
+        session.makeCurrent();
+        return session.freeBytes();
     }
 
     /**
@@ -150,13 +162,18 @@ public final class CudaKernels implements Kernels {
 
     /** For bin/gpu-check's per-kernel harness: validates kernels over several block sizes. */
     void threadsPerBlock(int threads) {
-        synchronized (session) {
-            session.threadsPerBlock(threads);
-        }
+        session.threadsPerBlock(threads);
+    }
+
+    /** Tests only: {@code hook} runs before each block is packed for the device, outside the device lock. */
+    void packHook(java.util.function.Consumer<Matrix> hook) {
+        ring.packHook(hook);
     }
 
     void forget(CudaAccumulator accumulator) {
-        open.remove(accumulator);
+        synchronized (session) {
+            open.remove(accumulator);
+        }
     }
 
     /**
@@ -168,14 +185,14 @@ public final class CudaKernels implements Kernels {
     @Override
     public int weightedSum(float[] out, int rows, int cols, Matrix[] sources, float[] weights, float[] rowScale,
             float[] colScale) {
-        synchronized (session) {
-            session.makeCurrent();
-            int count = sources.length;
-            try (CudaSession.Scope scope = session.scope()) {
-                CUdeviceptr flags = scope.alloc(4L * (count + 1), "weightedSum flags");
-                session.zero(flags, count + 1);
-                CUdeviceptr rowScales = scope.upload(rowScale, "row scales");
-                CUdeviceptr colScales = scope.upload(colScale, "column scales");
+        session.makeCurrent();
+        int count = sources.length;
+        try (CudaSession.Scope scope = session.scope()) {
+            CUdeviceptr flags = scope.alloc(4L * (count + 1), "weightedSum flags");
+            session.zero(flags, count + 1);
+            CUdeviceptr rowScales = scope.upload(rowScale, "row scales");
+            CUdeviceptr colScales = scope.upload(colScale, "column scales");
+            try (StagingRing.Held output = ring.lockOutput()) {
                 CUdeviceptr sums = ring.outputSlot();
                 for (StagingRing.Tile tile : ring.tiles(rows, cols)) {
                     session.zero(sums, (long) tile.rows() * tile.cols());
@@ -195,34 +212,34 @@ public final class CudaKernels implements Kernels {
                             tile.cols(), offset(rowScales, tile.row0()), offset(colScales, tile.col0()), offset(flags, count));
                     ring.download(sums, out, cols, tile);
                 }
-                int[] found = session.readInts(flags, count + 1);
-                if (found[count] == 0) {
-                    return -1;
-                }
-                for (int k = 0; k < count; k++) {
-                    if (found[k] != 0) {
-                        return k;
-                    }
-                }
-                return count; // finite inputs whose weighted sum overflowed
             }
+            int[] found = session.readInts(flags, count + 1);
+            if (found[count] == 0) {
+                return -1;
+            }
+            for (int k = 0; k < count; k++) {
+                if (found[k] != 0) {
+                    return k;
+                }
+            }
+            return count; // finite inputs whose weighted sum overflowed
         }
     }
 
     @Override
     public void pad(float[] out, int rows, int cols, Matrix src, float[] donor) {
-        synchronized (session) {
-            session.makeCurrent();
-            Matrix donorMatrix = donor == null ? null : Matrix.of(donor, rows, cols);
+        session.makeCurrent();
+        Matrix donorMatrix = donor == null ? null : Matrix.of(donor, rows, cols);
+        try (StagingRing.Held output = ring.lockOutput()) {
             CUdeviceptr result = ring.outputSlot();
             for (StagingRing.Tile tile : ring.tiles(rows, cols)) {
                 int r = Math.clamp(src.rows() - tile.row0(), 0, tile.rows());
                 int c = Math.clamp(src.cols() - tile.col0(), 0, tile.cols());
                 int donorRows = donorMatrix == null ? 0 : tile.rows();
-                ring.withStaged(src, tile.row0(), tile.col0(), r, c, staged -> ring.withStaged(donorMatrix, tile.row0(),
-                        tile.col0(), donorRows, tile.cols(), donorTile -> session.launch(PAD, tile.rows(), tile.cols(), result,
-                                tile.cols(), tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), c, r, c, donorTile,
-                                tile.cols())));
+                ring.withStaged(List.of(new StagingRing.Block(src, tile.row0(), tile.col0(), r, c),
+                        new StagingRing.Block(donorMatrix, tile.row0(), tile.col0(), donorRows, tile.cols())),
+                        staged -> session.launch(PAD, tile.rows(), tile.cols(), result, tile.cols(), tile.rows(), tile.cols(),
+                                staged[0], DTypeCode.of(src.dtype()), c, r, c, staged[1], tile.cols()));
                 ring.download(result, out, cols, tile);
             }
         }
@@ -239,18 +256,15 @@ public final class CudaKernels implements Kernels {
 
     /** The device kernel fedlora_all_finite, for data that is on the device (and validated by bin/gpu-check). */
     boolean deviceAllFinite(Matrix src) {
-        synchronized (session) {
-            session.makeCurrent();
-            try (CudaSession.Scope scope = session.scope()) {
-                CUdeviceptr flag = scope.alloc(4, "allFinite flag");
-                session.zero(flag, 1);
-                for (StagingRing.Tile tile : ring.tiles(src.rows(), src.cols())) {
-                    ring.withStaged(src, tile.row0(), tile.col0(), tile.rows(), tile.cols(), staged -> session.launch(ALL_FINITE,
-                            tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), tile.cols(), tile.rows(), tile.cols(),
-                            flag));
-                }
-                return session.readInts(flag, 1)[0] == 0;
+        session.makeCurrent();
+        try (CudaSession.Scope scope = session.scope()) {
+            CUdeviceptr flag = scope.alloc(4, "allFinite flag");
+            session.zero(flag, 1);
+            for (StagingRing.Tile tile : ring.tiles(src.rows(), src.cols())) {
+                ring.withStaged(src, tile.row0(), tile.col0(), tile.rows(), tile.cols(), staged -> session.launch(ALL_FINITE,
+                        tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), tile.cols(), tile.rows(), tile.cols(), flag));
             }
+            return session.readInts(flag, 1)[0] == 0;
         }
     }
 
@@ -280,9 +294,15 @@ public final class CudaKernels implements Kernels {
         return host.loraNormSquared(a, b);
     }
 
-    /** Frees the accumulators still open, then everything the device session created; the first failure is thrown. */
+    /**
+     * Waits for operations that are staging data, then frees the accumulators still open and
+     * everything the device session created; the first failure is thrown. Operations started
+     * after close fail ("the CUDA backend is closed").
+     */
     @Override
     public void close() {
+        // Operations still packing hold staging slots without the device lock: let them finish first.
+        ring.drain();
         synchronized (session) {
             if (closed) {
                 return;
