@@ -49,6 +49,9 @@ public final class EmulatorChild {
     private static void withoutCublas() {
         boolean ok = true;
         System.out.println("chosen=" + Backends.get().name());
+        // Dense algebra would go to CUDA (CudaAutoRule), but without cuBLAS auto picks vector and says why.
+        System.out.println("dense chosen=" + Backends.get(true).name());
+        System.out.println("dense warning=" + Backends.report(true).warning());
         try (CudaKernels cuda = new CudaKernels(); ScalarKernels scalar = new ScalarKernels()) {
             SplittableRandom random = new SplittableRandom(3);
             int rows = 11, cols = 57;
