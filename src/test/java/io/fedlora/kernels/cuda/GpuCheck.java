@@ -62,7 +62,7 @@ public final class GpuCheck {
             // NORM's Gram on the host (CudaKernels.loraNormSquared): its rate beside the H2D rate above.
             System.out.println("## NORM's Gram matrices on the host, beside the H2D rate above\n");
             if (check.emulator) {
-                System.out.println("**Emulator run: shapes shrunk; these timings are the host's, but tiny.**\n");
+                System.out.println("**Emulator run: shapes shrunk to seconds; these timings mean nothing.**\n");
             }
             System.out.println(HostGramRate.table(Runtime.getRuntime().availableProcessors(), DType.BF16, check.emulator));
             check.round(cuda);
