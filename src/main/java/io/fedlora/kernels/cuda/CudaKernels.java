@@ -278,10 +278,10 @@ public final class CudaKernels implements Kernels {
      * shared 2-core build machine under a load of 4, so noisy): Llama modules 4096 x 4096 and
      * 11008 x 4096, r = 8..64, best of 15 after warm-up: 0.8-1.5 GB/s of BF16 factor data and
      * 1.3-2.6 GB/s of F32 on one thread (two threads were no faster on that loaded machine);
-     * about 0.1-2.5 ms per module. The rate hardly depends on r, so the time goes into converting
-     * and transposing A, not into the r / 2 FMAs per element. PCIe 5 x16 moves about 55 GB/s
-     * (DESIGN §7): a second upload of the same module would take 20-70 us, so on a real GPU the
-     * device Gram from the same upload as the sum would be the faster route, by 20-50x per byte
+     * about 0.1-2.8 ms per module. The rate hardly depends on r, which suggests the time goes into
+     * converting and transposing A rather than into the r / 2 FMAs per element. PCIe 5 x16 moves about 55 GB/s
+     * (DESIGN §7): a second upload of the same module would take 2-70 us, so on a real GPU the
+     * device Gram from the same upload as the sum would be the faster route, by 20-70x per byte
      * against one core here. It needs an SPI operation that keeps the client on the device
      * between its norm and its add (the weight is the norm), which is the follow-up. Until then
      * the host route is what the vector backend runs too, so a forced-CUDA NORM round costs
