@@ -34,7 +34,6 @@ public final class Backends {
 
     /** The backends, in the order {@code auto} tries them for dense algebra (for weighted sums: vector, cuda, scalar). */
     public static final List<String> NAMES = List.of("cuda", "vector", "scalar");
-    private static final List<String> SUMS_ORDER = List.of("vector", "cuda", "scalar");
 
     private Backends() {
     }
@@ -185,8 +184,8 @@ public final class Backends {
         String wanted = name == null ? "auto" : name.trim().toLowerCase(Locale.ROOT);
         if (wanted.equals("auto")) {
             // Every input is host-resident today; the rule decides by the kind of work.
-            return CudaAutoRule.prefersCuda(CudaAutoRule.Residence.HOST, denseAlgebra) ? autoPreferringCuda(threads, skipped, maker)
-                    : autoPreferringVector(threads, skipped, maker);
+            return CudaAutoRule.prefersCuda(CudaAutoRule.Residence.HOST, denseAlgebra)
+                    ? autoPreferringCuda(threads, skipped, maker) : autoPreferringVector(threads, skipped, maker);
         }
         if (!NAMES.contains(wanted)) {
             throw new IllegalArgumentException("unknown backend '" + name + "'; expected auto, " + String.join(", ", NAMES));
@@ -200,9 +199,9 @@ public final class Backends {
 
     /**
      * Work the rule keeps off CUDA (host-resident weighted sums): vector, which CUDA cannot beat
-     * through PCIe; CUDA only when the Vector API is missing (the scalar
-     * loops are slower than the staging path); scalar last. CUDA is probed (driver and device,
-     * no context) so that the report says whether it could run.
+     * through PCIe; CUDA only when the Vector API is missing (the scalar loops are slower than
+     * the staging path); scalar last. CUDA is probed (driver and device, no context) so that the
+     * report says whether it could run.
      */
     private static Kernels autoPreferringVector(int threads, List<Probe> skipped, Maker maker) {
         try {
@@ -217,7 +216,7 @@ public final class Backends {
         return firstOf(List.of("cuda", "scalar"), threads, skipped, maker);
     }
 
-    /** Work the rule sends to CUDA (dense algebra: SVD, STACK): CUDA when its driver, device and cuBLAS load, else vector, else scalar. */
+    /** Work the rule sends to CUDA (dense algebra: SVD, STACK): CUDA when its driver, device and cuBLAS load, else vector. */
     private static Kernels autoPreferringCuda(int threads, List<Probe> skipped, Maker maker) {
         String cause = cudaDenseAlgebraCause();
         if (cause == null) {

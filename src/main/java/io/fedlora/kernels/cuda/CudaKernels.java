@@ -262,7 +262,8 @@ public final class CudaKernels implements Kernels {
             session.zero(flag, 1);
             for (StagingRing.Tile tile : ring.tiles(src.rows(), src.cols())) {
                 ring.withStaged(src, tile.row0(), tile.col0(), tile.rows(), tile.cols(), staged -> session.launch(ALL_FINITE,
-                        tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), tile.cols(), tile.rows(), tile.cols(), flag));
+                        tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), tile.cols(), tile.rows(), tile.cols(),
+                        flag));
             }
             return session.readInts(flag, 1)[0] == 0;
         }
