@@ -54,11 +54,12 @@ public final class Aggregator implements AutoCloseable {
             this.kernels = b.kernels;
             this.ownsKernels = false;
         } else if (b.backend == null && b.threads == 0) {
-            this.kernels = Backends.get();
+            // auto's rule (CudaAutoRule): the product-space strategies are dense algebra, the rest weighted sums.
+            this.kernels = Backends.get(policy.strategy().productSpace());
             this.ownsKernels = false;
         } else {
             this.kernels = Backends.create(b.backend == null ? Backends.configuredName() : b.backend,
-                    b.threads == 0 ? Backends.defaultThreads() : b.threads);
+                    b.threads == 0 ? Backends.defaultThreads() : b.threads, policy.strategy().productSpace());
             this.ownsKernels = true;
         }
     }

@@ -12,8 +12,8 @@ import jcuda.runtime.cudaStream_t;
 
 /**
  * The dense linear algebra of the CUDA backend (cuBLAS through JCublas2), loaded on first use
- * and only by the operations that need it: the Gram matrices behind NORM weights today, the
- * product-space GEMMs (DESIGN §9) next. JCublas2's native library needs {@code libcublas.so.12};
+ * and only by the operations that need it: the product-space GEMMs and Gram matrices (DESIGN §9).
+ * NORM's Gram matrices run on the host (CudaKernels.loraNormSquared). JCublas2's native library needs {@code libcublas.so.12};
  * where it is missing (a driver-only GPU container) every other operation still runs on CUDA and
  * an operation that needs this class fails with an {@link UnsupportedOperationException} saying
  * what is missing. All JCublas2 references live here, so that loading the rest of the backend
@@ -76,20 +76,6 @@ final class DenseAlgebra implements AutoCloseable {
         if (status != cublasStatus.CUBLAS_STATUS_SUCCESS) {
             throw new IllegalStateException(call + " failed: " + cublasStatus.stringFor(status));
         }
-    }
-
-    /**
-     * C (r x r, column-major) = X^T X when {@code transposeFirst}, else X X^T, plus C when
-     * {@code accumulate}, where X is column-major with leading dimension ld: {@code inner x r}
-     * or {@code r x inner}. Queued on the compute stream, float32 (the kernels' data type).
-     */
-    void gram(String operation, CUdeviceptr x, int ld, int r, int inner, boolean transposeFirst, boolean accumulate, CUdeviceptr c) {
-        cublasHandle blas = handle(operation);
-        Pointer one = Pointer.to(new float[] {1f});
-        Pointer beta = Pointer.to(new float[] {accumulate ? 1f : 0f});
-        int first = transposeFirst ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N;
-        int second = transposeFirst ? cublasOperation.CUBLAS_OP_N : cublasOperation.CUBLAS_OP_T;
-        check(JCublas2.cublasSgemm(blas, first, second, r, r, inner, one, x, ld, x, ld, beta, c, r), "cublasSgemm");
     }
 
     /**
