@@ -179,7 +179,7 @@ public final class Aggregator implements AutoCloseable {
         if (ps == null) {
             synchronized (this) {
                 if (productSpace == null) {
-                    productSpace = new ProductSpace(ProductSpace.gramKernelsFor(kernels.name()), Backends.defaultThreads());
+                    productSpace = new ProductSpace(ProductSpace.gramKernelsFor(kernels), Backends.defaultThreads());
                 }
                 ps = productSpace;
             }
