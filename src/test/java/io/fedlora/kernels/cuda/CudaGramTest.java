@@ -195,7 +195,8 @@ class CudaGramTest {
         }
     }
 
-    private static List<ClientUpdate> updates(long seed) {
+    /** Two modules (700 x 300, 300 x 40) of five clients of ranks 3-8. */
+    static List<ClientUpdate> updates(long seed) {
         String q = "base_model.model.layers.0.self_attn.q_proj", v = "base_model.model.layers.0.self_attn.v_proj";
         List<ModuleFactors> fq = clients(seed, M, N, RANKS, WEIGHTS), fv = clients(seed + 1, N, 40, RANKS, WEIGHTS);
         List<ClientUpdate> out = new ArrayList<>();
