@@ -20,11 +20,12 @@ import jcuda.driver.CUdeviceptr;
  *
  * <p>Panels cross PCIe as float64, widened on the host by {@code ProductSpace}'s packers (which
  * already produce float64, column scales applied). Uploading the float32 factors and widening on
- * the device would halve the bytes (4 instead of 8 per element: at 11008 x 4096, S = 480, about
- * 58 MB instead of 116 MB for both Grams, roughly 1 ms against 2 ms at 55 GB/s), but needs a
- * widening kernel in the PTX and a float32 packing path beside the float64 one, for a saving that
- * the host's packing (a few GB/s on one core) hides anyway. Revisit if {@code bin/gpu-check} shows
- * the upload, not the packing, bounding it.
+ * the device would halve the bytes: an SVD at 11008 x 4096, S = 480 sends each stack twice (its
+ * Gram, then its product), {@code 2 (m + n) S} = 14.5 M values, 116 MB as float64 against 58 MB
+ * as float32, about 2 ms against 1 ms at 55 GB/s. That saving needs a widening kernel in the PTX
+ * and a float32 packing path beside the float64 one, while the packing itself (one thread, element
+ * by element) is the likelier bound; so: simple first, and revisit when {@code bin/gpu-check} has
+ * timed the upload against the packing on a GPU.
  *
  * <p>Loaded by class name from {@code ProductSpace.gramKernelsFor(Kernels)}; cuBLAS is loaded by
  * the first Gram matrix or product, and where {@code libcublas.so.12} is missing that call throws
