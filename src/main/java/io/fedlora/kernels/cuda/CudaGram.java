@@ -23,9 +23,13 @@ import jcuda.driver.CUdeviceptr;
  * the device would halve the bytes: an SVD at 11008 x 4096, S = 480 sends each stack twice (its
  * Gram, then its product), {@code 2 (m + n) S} = 14.5 M values, 116 MB as float64 against 58 MB
  * as float32, about 2 ms against 1 ms at 55 GB/s. That saving needs a widening kernel in the PTX
- * and a float32 packing path beside the float64 one, while the packing itself (one thread, element
- * by element) is the likelier bound; so: simple first, and revisit when {@code bin/gpu-check} has
- * timed the upload against the packing on a GPU.
+ * and a float32 packing path beside the float64 one, while the packing itself bounds the path: one
+ * thread packed both stacks of 11008 x 4096, S = 561 in 18-33 ms on the shared build machine
+ * (2-4 GB/s of float64 panels, noisy), several times the upload. So: simple first; revisit when
+ * {@code bin/gpu-check} has timed upload against packing on a GPU. More parts (packing threads,
+ * one device sum each) would cut those milliseconds, but an SVD's time is the host's {@code S^3}
+ * core (EJML), hundreds of milliseconds at K = 16 and minutes at K = 100, so they are not worth
+ * a per-part download and a run-to-run order that depends on scheduling.
  *
  * <p>Loaded by class name from {@code ProductSpace.gramKernelsFor(Kernels)}; cuBLAS is loaded by
  * the first Gram matrix or product, and where {@code libcublas.so.12} is missing that call throws

@@ -265,6 +265,38 @@ class CudaGramTest {
         }
     }
 
+    /** How many times {@code call} runs in {@code work}, counted by the failure injection's countdown (armed far ahead). */
+    private static int countCalls(String call, Runnable work) {
+        int armed = 1_000_000, left;
+        Emulator.fail(call, armed);
+        try {
+            work.run();
+        } finally {
+            left = Emulator.fail(call, 0);
+        }
+        assertTrue(left > 0, call + ": the counting failure fired");
+        return armed - left;
+    }
+
+    @Test
+    void eachGramIsDownloadedOnceAndEachPanelUploadedOnce() {
+        assumeTrue(Emulator.present(), "call counting uses the emulator's failure injection");
+        List<ModuleFactors> clients = clients(6, M, N, RANKS, WEIGHTS);
+        try (ProductSpace device = new ProductSpace(gram, 2)) {
+            Runnable grams = () -> device.grams("q", clients);
+            // G_B: 700 rows in 3 panels, G_A: 300 columns in 2; one sum each, zeroed once, read back once.
+            assertEquals(2, countCalls("cuMemcpyDtoH", grams), "downloads of the two Gram matrices");
+            assertEquals(5, countCalls("cuMemcpyHtoD", grams), "uploads: one per panel, never the sum");
+            assertEquals(5, countCalls("cublasDsyrk", grams), "one SYRK per panel");
+            assertEquals(2, countCalls("cuMemsetD32Async", grams), "each sum zeroed once");
+            // An SVD adds two products (U: 3 panels, V: 2), each result read back once, its coefficients sent once.
+            Runnable svd = () -> device.svd("q", clients, 6, Split.FLEXLORA, 1, Fill.ORTH);
+            assertEquals(4, countCalls("cuMemcpyDtoH", svd), "downloads: two Grams, two products");
+            assertEquals(5 + 2 + 5, countCalls("cuMemcpyHtoD", svd), "uploads: panels twice, coefficients once each");
+            assertEquals(5, countCalls("cublasDgemm", svd), "one GEMM per panel");
+        }
+    }
+
     private static final List<String> CALLS = List.of("cuMemAlloc", "cuMemcpyHtoD", "cuMemcpyDtoH", "cuMemsetD32Async",
             "cublasDsyrk", "cublasDgemm");
 
