@@ -15,8 +15,7 @@ import jcuda.driver.CUdeviceptr;
  * <p>Each Gram matrix stays on the device while the panels stream in ({@code beta = 1} onto a sum
  * zeroed once) and is downloaded once; each product's rows are written in place into one device
  * result, downloaded once. {@code ProductSpace} feeds one part ({@link #maxParts} = 1): the device
- * serialises its calls anyway, so host threads would only contend for the session lock, and one
- * part keeps the summation order, hence the result, the same from run to run.
+ * serialises its calls anyway, and one part means one device sum (see below on packing threads).
  *
  * <p>Panels cross PCIe as float64, widened on the host by {@code ProductSpace}'s packers (which
  * already produce float64, column scales applied). Uploading the float32 factors and widening on
@@ -28,8 +27,8 @@ import jcuda.driver.CUdeviceptr;
  * (2-4 GB/s of float64 panels, noisy), several times the upload. So: simple first; revisit when
  * {@code bin/gpu-check} has timed upload against packing on a GPU. More parts (packing threads,
  * one device sum each) would cut those milliseconds, but an SVD's time is the host's {@code S^3}
- * core (EJML), hundreds of milliseconds at K = 16 and minutes at K = 100, so they are not worth
- * a per-part download and a run-to-run order that depends on scheduling.
+ * work (EJML): 0.6-3.3 CPU-seconds at K = 16 and 228 at K = 100 on the build machine (README), so
+ * they are not worth a device sum and a download per part.
  *
  * <p>Loaded by class name from {@code ProductSpace.gramKernelsFor(Kernels)}; cuBLAS is loaded by
  * the first Gram matrix or product, and where {@code libcublas.so.12} is missing that call throws
