@@ -5,9 +5,10 @@ package io.fedlora.product;
  * from the clients' float32 (or 16-bit) factors. Products of two float32 values are exact in
  * float64 and the sums are float64, so a Gram matrix carries no float32 rounding: the prototype
  * showed float32 accumulation loses every component below about {@code 3.5e-4 * kappa * sigma_1}
- * (PRODUCT_SPACE.md §4). One implementation per CPU backend: {@link ScalarGram}, the reference,
- * and {@code VectorGram} (loaded by class name, like the kernels backends), and the CUDA
- * backend's {@code io.fedlora.kernels.cuda.CudaGram} (cuBLAS, float64), also loaded by name.
+ * (PRODUCT_SPACE.md §4). One implementation per backend: {@link ScalarGram}, the reference,
+ * {@code VectorGram} (loaded by class name, like the kernels backends), and the CUDA backend's
+ * {@code io.fedlora.kernels.cuda.CudaGram} (cuBLAS, float64; also by name, with the backend's
+ * instance: {@link ProductSpace#gramKernelsFor(io.fedlora.kernels.Kernels)}).
  *
  * <p>{@link ProductSpace} feeds panels through {@link #openGram} and {@link #openProduct}, so that an
  * implementation can keep a sum where it computes it (the device: one download per Gram matrix,
