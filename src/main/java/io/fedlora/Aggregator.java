@@ -46,6 +46,8 @@ public final class Aggregator implements AutoCloseable {
     private final Policy policy;
     final Kernels kernels;
     private final boolean ownsKernels;
+    /** True when the backend was asked for (by name or instance), false when {@code auto} chose it. */
+    private final boolean backendRequested;
     private volatile ProductSpace productSpace;
 
     private Aggregator(Builder b) {
@@ -53,13 +55,16 @@ public final class Aggregator implements AutoCloseable {
         if (b.kernels != null) {
             this.kernels = b.kernels;
             this.ownsKernels = false;
+            this.backendRequested = true;
         } else if (b.backend == null && b.threads == 0) {
             this.kernels = Backends.get();
             this.ownsKernels = false;
+            this.backendRequested = !"auto".equals(Backends.configuredName());
         } else {
-            this.kernels = Backends.create(b.backend == null ? Backends.configuredName() : b.backend,
-                    b.threads == 0 ? Backends.defaultThreads() : b.threads);
+            String name = b.backend == null ? Backends.configuredName() : b.backend;
+            this.kernels = Backends.create(name, b.threads == 0 ? Backends.defaultThreads() : b.threads);
             this.ownsKernels = true;
+            this.backendRequested = !"auto".equalsIgnoreCase(name.trim());
         }
     }
 
@@ -179,7 +184,8 @@ public final class Aggregator implements AutoCloseable {
         if (ps == null) {
             synchronized (this) {
                 if (productSpace == null) {
-                    productSpace = new ProductSpace(ProductSpace.gramKernelsFor(kernels), Backends.defaultThreads());
+                    productSpace = new ProductSpace(ProductSpace.gramKernelsFor(kernels, backendRequested),
+                            Backends.defaultThreads());
                 }
                 ps = productSpace;
             }

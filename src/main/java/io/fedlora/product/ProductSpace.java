@@ -62,20 +62,31 @@ public final class ProductSpace implements AutoCloseable {
         this.threads = threads;
     }
 
+    /** {@link #gramKernelsFor(Kernels, boolean)} for a backend that was asked for. */
+    public static GramKernels gramKernelsFor(Kernels backend) {
+        return gramKernelsFor(backend, true);
+    }
+
     /**
      * The Gram kernels to pair with a kernels backend: the CUDA ones (cuBLAS, float64, on that
      * backend's device; {@value #CUDA_CLASS}, loaded by name so that this package does not depend
-     * on the CUDA backend) for "cuda", else {@link #gramKernelsFor(String)}. cuBLAS itself is
-     * loaded by the first Gram matrix or product, not here; where it is missing that call throws
-     * an UnsupportedOperationException saying so (no silent fallback to the host: a forced CUDA
-     * backend that computed on the CPU would hide a broken installation).
+     * on the CUDA backend) for "cuda", else {@link #gramKernelsFor(String)}.
+     *
+     * <p>Where cuBLAS ({@code libcublas.so.12}) cannot load, what happens follows how the backend
+     * was chosen, as in {@code Backends}: a CUDA backend that was asked for ({@code requested}: by
+     * name or instance) keeps the CUDA kernels, and the first Gram matrix throws an
+     * UnsupportedOperationException saying what is missing (a forced backend that quietly computed
+     * on the CPU would hide a broken installation); one that {@code auto} chose gets the host
+     * kernels, with one warning saying why, so that SVD and fidelity keep working on a driver-only
+     * host. Checking loads cuBLAS, so this runs when the first product-space operation does.
      */
-    public static GramKernels gramKernelsFor(Kernels backend) {
+    public static GramKernels gramKernelsFor(Kernels backend, boolean requested) {
         if (!"cuda".equals(backend.name())) {
             return gramKernelsFor(backend.name());
         }
         try {
-            return (GramKernels) Class.forName(CUDA_CLASS).getDeclaredConstructor(Kernels.class).newInstance(backend);
+            return (GramKernels) Class.forName(CUDA_CLASS).getMethod("forBackend", Kernels.class, boolean.class)
+                    .invoke(null, backend, requested);
         } catch (InvocationTargetException e) {
             if (e.getCause() instanceof RuntimeException r) {
                 throw r;

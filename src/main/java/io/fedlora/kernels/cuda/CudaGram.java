@@ -2,7 +2,10 @@ package io.fedlora.kernels.cuda;
 
 import io.fedlora.kernels.Kernels;
 import io.fedlora.product.GramKernels;
+import io.fedlora.product.ProductSpace;
 import jcuda.driver.CUdeviceptr;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * The product-space Gram kernels (DESIGN §9) on the CUDA backend's device: {@code G = X^T X} by
@@ -30,19 +33,40 @@ import jcuda.driver.CUdeviceptr;
  * work (EJML): 0.6-3.3 CPU-seconds at K = 16 and 228 at K = 100 on the build machine (README), so
  * they are not worth a device sum and a download per part.
  *
- * <p>Loaded by class name from {@code ProductSpace.gramKernelsFor(Kernels)}; cuBLAS is loaded by
- * the first Gram matrix or product, and where {@code libcublas.so.12} is missing that call throws
- * an {@link UnsupportedOperationException} naming what is missing, before allocating anything.
+ * <p>Loaded by class name from {@code ProductSpace.gramKernelsFor(Kernels, boolean)}
+ * ({@link #forBackend}), when the first product-space operation runs. Where {@code libcublas.so.12}
+ * is missing, a CUDA backend that was asked for gets these kernels, whose first Gram matrix or
+ * product throws an {@link UnsupportedOperationException} naming what is missing before
+ * allocating anything; one that {@code auto} chose gets the host kernels and a warning.
  * Device memory per open sum: {@code 8 S^2} bytes plus one panel ({@code 8 * 256 * S}); per open
  * product: {@code 8 (S + length) t} plus one panel. All of it is freed by {@code close}, on every path.
  */
 public final class CudaGram implements GramKernels {
+    private static final Logger LOG = LoggerFactory.getLogger(CudaGram.class);
 
     /** How the operation is named in errors (the missing-cuBLAS refusal among them). */
     static final String OPERATION = "product-space Gram matrices (SVD, fidelity)";
 
     private final CudaSession session;
     private final DenseAlgebra dense;
+
+    /**
+     * What {@code ProductSpace.gramKernelsFor(Kernels, boolean)} returns for the CUDA backend: these
+     * kernels, or, where cuBLAS cannot load and {@code auto} chose the backend ({@code requested}
+     * false), the host ones with one warning naming the cause. Loads cuBLAS.
+     */
+    public static GramKernels forBackend(Kernels backend, boolean requested) {
+        CudaGram device = new CudaGram(backend);
+        String cause = requested ? null : DenseAlgebra.unavailabilityCause();
+        if (cause == null) {
+            return device;
+        }
+        GramKernels host = ProductSpace.gramKernelsFor("vector");
+        LOG.warn("product space: the CUDA backend (chosen by auto) cannot load cuBLAS (libcublas.so.12): {}; the Gram"
+                + " matrices of SVD and fidelity run on the {} Gram kernels instead (ask for --backend cuda to make this"
+                + " an error)", cause, host.name());
+        return host;
+    }
 
     /** The Gram kernels on {@code backend}'s device; it must be the CUDA backend and stay open while they are used. */
     public CudaGram(Kernels backend) {

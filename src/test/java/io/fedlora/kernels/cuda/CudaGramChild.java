@@ -10,8 +10,10 @@ import java.util.Map;
 /**
  * Child-JVM entry for {@link CudaGramChildTest}: the CUDA backend on a library path with the
  * driver and without libcublas.so.12. SVD and the fidelity report need the device Grams and must
- * refuse with one line naming what is missing, allocating nothing; STACK needs no Gram matrix and
- * must run, equal to the scalar backend's. Prints what it found; exits 0 when its checks held.
+ * refuse with one line naming what is missing, allocating nothing, when the backend was asked for;
+ * when auto chose it, SVD runs on the host Gram kernels (equal to the vector backend's, bit for bit:
+ * the same kernels) with a warning. STACK needs no Gram matrix and must run, equal to the scalar
+ * backend's. Prints what it found; exits 0 when its checks held.
  */
 public final class CudaGramChild {
     private CudaGramChild() {
@@ -48,6 +50,18 @@ public final class CudaGramChild {
             }
             System.out.println("live objects changed by the refusals: " + (Emulator.liveObjects() - baseline));
             ok &= Emulator.liveObjects() == baseline;
+            // auto chose cuda here (a driver, a device): SVD runs on the host Gram kernels, with a warning.
+            try (Aggregator auto = Aggregator.builder().strategy(Strategy.SVD).globalRank(6).build();
+                    Aggregator vector = Aggregator.builder().strategy(Strategy.SVD).globalRank(6).backend("vector").build()) {
+                System.out.println("auto backend=" + auto.backendName());
+                Map<String, Tensor> got = auto.aggregate(clients), want = vector.aggregate(clients);
+                boolean same = got.keySet().equals(want.keySet());
+                for (String key : want.keySet()) {
+                    same &= java.util.Arrays.equals(want.get(key).toFloatArray(), got.get(key).toFloatArray());
+                }
+                System.out.println("svd under auto equals vector: " + same);
+                ok &= same;
+            }
             Map<String, Tensor> got = stack.aggregate(clients), want = reference.aggregate(clients);
             boolean same = got.keySet().equals(want.keySet());
             for (String key : want.keySet()) {

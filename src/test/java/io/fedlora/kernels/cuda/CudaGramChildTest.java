@@ -14,14 +14,15 @@ import org.junit.jupiter.api.io.TempDir;
 /**
  * The product-space operations on a CUDA host without cuBLAS (the driver, no libcublas.so.12: a GPU
  * container without the toolkit), in a JVM of its own since the library path is fixed at start.
- * The choice made: refuse, do not fall back to the host Grams. A backend asked for by name that
- * quietly computed on the CPU would hide a broken installation, and `auto` already prefers the
- * vector backend where the dense algebra cannot run (see Backends / CudaAutoRule).
+ * The choice made, as Backends makes it for the backends themselves: a CUDA backend that was asked
+ * for refuses (a forced backend that quietly computed on the CPU would hide a broken installation);
+ * one that auto chose falls back to the host Gram kernels with a warning (SVD worked there before
+ * the CUDA Grams existed, and must keep working).
  */
 class CudaGramChildTest {
 
     @Test
-    void withoutCublasSvdAndFidelityRefuseInOneLineAndStackRuns(@TempDir Path driverOnly) throws Exception {
+    void withoutCublasAForcedCudaRefusesSvdAndFidelityInOneLineAutoFallsBackAndStackRuns(@TempDir Path driverOnly) throws Exception {
         assumeTrue(CudaChildProcessTest.emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
         Files.createSymbolicLink(driverOnly.resolve("libcuda.so.1"),
                 CudaChildProcessTest.emulatorDirectory().resolve("libcuda.so.1"));
@@ -37,5 +38,10 @@ class CudaGramChildTest {
         assertTrue(r.output().contains("allocations before the refusal: 0"), r.output());
         assertTrue(r.output().contains("live objects changed by the refusals: 0"), r.output());
         assertTrue(r.output().contains("stack on cuda equals scalar: true"), r.output());
+        assertTrue(r.output().contains("auto backend=cuda"), r.output());
+        assertTrue(r.output().contains("svd under auto equals vector: true"), r.output());
+        assertTrue(r.output().contains("product space: the CUDA backend (chosen by auto) cannot load cuBLAS (libcublas.so.12): "
+                + "java.lang.UnsatisfiedLinkError"), r.output());
+        assertTrue(r.output().contains("run on the vector Gram kernels instead"), r.output());
     }
 }
