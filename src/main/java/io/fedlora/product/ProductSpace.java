@@ -179,7 +179,24 @@ public final class ProductSpace implements AutoCloseable {
         int m = clients.get(0).b().rows(), n = clients.get(0).a().cols();
         double[] gramB = gram(s, m, (x, r0, rows) -> packB(x, clients, offsets, s, r0, rows, null));
         double[] gramA = gram(s, n, (x, c0, cols) -> packA(x, clients, offsets, s, c0, cols));
+        requireFinite(module, "G_B = Bs^T Bs", gramB);
+        requireFinite(module, "G_A = As As^T", gramA);
         return new Grams(module, m, n, ranks, offsets, weights, scales, raw, gramB, gramA);
+    }
+
+    /**
+     * Finite float32 factors give finite Gram matrices (a product is at most 1.2e77, far from
+     * float64's 1.8e308), so a NaN or infinity here is a factor holding one, which this class does
+     * not screen (the facade does, before), or a faulty kernel. Either way an error: the
+     * eigen/SVD steps would otherwise turn it into a silent rank-0 output. {@code S^2} reads.
+     */
+    private static void requireFinite(String module, String which, double[] gram) {
+        for (double v : gram) {
+            if (!Double.isFinite(v)) {
+                throw new IllegalArgumentException("module " + module + ": the Gram matrix " + which + " holds " + v
+                        + ": a client's factors hold NaN or infinity (screen them first), or the Gram kernels failed");
+            }
+        }
     }
 
     @FunctionalInterface

@@ -536,6 +536,13 @@ class ProductSpaceTest {
             List<ModuleFactors> bad = shapes;
             e = assertThrows(IllegalArgumentException.class, () -> ps.grams("m", bad));
             assertTrue(e.getMessage().contains("[10 x 9]") && e.getMessage().contains("[10 x 8]"), e.getMessage());
+            // A NaN in a factor (ProductSpace does not screen values): an error, not a silent rank-0 output.
+            List<ModuleFactors> nan = new ArrayList<>(Dense64.clients(19, 10, 8, new int[] {2, 3}, new double[] {1, 1}, null));
+            float[] poisoned = new float[3 * 8];
+            poisoned[5] = Float.NaN;
+            nan.set(1, ModuleFactors.of("client-1", Matrix.of(poisoned, 3, 8), nan.get(1).b(), 1));
+            e = assertThrows(IllegalArgumentException.class, () -> ps.svd("layers.0.v_proj", nan, 2, Split.FLEXLORA, 1, Fill.ORTH));
+            assertTrue(e.getMessage().startsWith("module layers.0.v_proj: the Gram matrix G_A = As As^T holds NaN"), e.getMessage());
             List<ModuleFactors> zero = Dense64.clients(18, 10, 8, new int[] {2}, new double[] {0}, null);
             e = assertThrows(IllegalArgumentException.class, () -> ps.grams("m", zero));
             assertTrue(e.getMessage().contains("sum to 0"), e.getMessage());
