@@ -53,7 +53,8 @@ public final class CudaGram implements GramKernels {
     /**
      * What {@code ProductSpace.gramKernelsFor(Kernels, boolean)} returns for the CUDA backend: these
      * kernels, or, where cuBLAS cannot load and {@code auto} chose the backend ({@code requested}
-     * false), the host ones with one warning naming the cause. Loads cuBLAS.
+     * false), the host ones with one warning naming the cause (checking loads cuBLAS; a backend
+     * that was asked for loads it with its first Gram matrix instead).
      */
     public static GramKernels forBackend(Kernels backend, boolean requested) {
         CudaGram device = new CudaGram(backend);
@@ -104,6 +105,9 @@ public final class CudaGram implements GramKernels {
     /** One panel through a device product of its own; ProductSpace uses {@link #openProduct}. */
     @Override
     public void gemm(double[] out, double[] x, int rows, int s, double[] coef, int t) {
+        if (rows == 0 || t == 0) {
+            return;
+        }
         try (PanelProduct product = openProduct(rows, s, coef, t)) {
             product.add(x, 0, rows);
             System.arraycopy(product.result(), 0, out, 0, rows * t);
