@@ -160,6 +160,16 @@ public final class CudaKernels implements Kernels {
         }
     }
 
+    /** For {@link CudaGram}: the session (its lock and context guard every device call). */
+    CudaSession session() {
+        return session;
+    }
+
+    /** For {@link CudaGram}: the lazily loaded cuBLAS calls. */
+    DenseAlgebra dense() {
+        return dense;
+    }
+
     /** For bin/gpu-check's per-kernel harness: validates kernels over several block sizes. */
     void threadsPerBlock(int threads) {
         session.threadsPerBlock(threads);
