@@ -158,7 +158,8 @@ EXPORT int cublasDgemm_v2(Handle* handle, int transa, int transb, int m, int n, 
                transa, transb, m, n, k, lda, ldb, ldc);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    int result = check_context();
+    int result = injected_failure("cublasDgemm");
+    if (result == CUDA_SUCCESS) result = check_context();
     if (result == CUDA_SUCCESS) result = check_matrix(a, ta ? k : m, ta ? m : k, lda, "cublasDgemm A");
     if (result == CUDA_SUCCESS) result = check_matrix(b, tb ? n : k, tb ? k : n, ldb, "cublasDgemm B");
     if (result == CUDA_SUCCESS) result = check_matrix(c, m, n, ldc, "cublasDgemm C");
@@ -196,7 +197,8 @@ EXPORT int cublasDsyrk_v2(Handle* handle, int uplo, int trans, int n, int k, con
                trans, n, k, lda, ldc);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    int result = check_context();
+    int result = injected_failure("cublasDsyrk");
+    if (result == CUDA_SUCCESS) result = check_context();
     if (result == CUDA_SUCCESS) result = check_matrix(a, t ? k : n, t ? n : k, lda, "cublasDsyrk A");
     if (result == CUDA_SUCCESS) result = check_matrix(c, n, n, ldc, "cublasDsyrk C");
     if (result != CUDA_SUCCESS) return status_of(result);

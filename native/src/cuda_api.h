@@ -115,6 +115,9 @@ void fedlora_emu_set_seed(unsigned long long seed);
 int fedlora_emu_fail(const char* function, int nth);
 /* The next kernel launched faults with CUDA_ERROR_ILLEGAL_ADDRESS when it runs, breaking its context. */
 void fedlora_emu_fault_next_launch(void);
+/* Bytes accepted by host-to-device copies since the library loaded: asynchronous != 0 counts
+   cuMemcpyHtoDAsync, 0 counts the synchronous cuMemcpyHtoD. */
+unsigned long long fedlora_emu_htod_bytes(int asynchronous);
 /* Live device allocations, pinned host buffers, streams, events and modules, of every context. */
 int fedlora_emu_live_objects(void);
 

@@ -109,6 +109,9 @@ unsigned long long rng_state = 1;
 std::string fail_function;
 int fail_countdown = 0;
 bool launch_fault = false;
+// Bytes accepted by host-to-device copies since the library loaded (fedlora_emu_htod_bytes):
+// [0] synchronous cuMemcpyHtoD, [1] cuMemcpyHtoDAsync; counted when the call is accepted.
+unsigned long long htod_bytes[2] = {0, 0};
 CUctx_st primary_context{true, false, 0, CUDA_SUCCESS};
 thread_local CUcontext current = nullptr;
 std::string last_error;
@@ -546,6 +549,12 @@ EXPORT void fedlora_emu_fault_next_launch(void)
     launch_fault = true;
 }
 
+EXPORT unsigned long long fedlora_emu_htod_bytes(int asynchronous)
+{
+    LOCKED;
+    return htod_bytes[asynchronous != 0 ? 1 : 0];
+}
+
 EXPORT int fedlora_emu_live_objects(void)
 {
     LOCKED;
@@ -851,6 +860,7 @@ EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr destination, const void* source, siz
     pinned(source, bytes, &status);
     CHECK(status);
     std::memcpy(reinterpret_cast<void*>(destination), source, bytes);
+    htod_bytes[0] += bytes;
     return CUDA_SUCCESS;
 }
 
@@ -894,6 +904,7 @@ EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr destination, const void* source
     int status = CUDA_SUCCESS;
     bool queued = pinned(source, bytes, &status) != nullptr;
     CHECK(status);
+    htod_bytes[1] += bytes;
     auto copy = [destination, source, bytes]() {
         std::memcpy(reinterpret_cast<void*>(destination), source, bytes);
         return CUDA_SUCCESS;

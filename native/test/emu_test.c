@@ -132,7 +132,11 @@ int main(int argc, char** argv)
     OK(cuMemAlloc_v2(&src, 12 * sizeof(float)));
     OK(cuMemsetD32_v2(sums, 0, 12));
     for (int k = 0; k < 12; k++) pinned[k] = (float) k;
+    unsigned long long async_before = fedlora_emu_htod_bytes(1), sync_before = fedlora_emu_htod_bytes(0);
     OK(cuMemcpyHtoDAsync_v2(src, pinned, 12 * sizeof(float), stream));
+    /* The host-to-device counters (the tests' "each client crosses once") count accepted copies by kind. */
+    EXPECT(fedlora_emu_htod_bytes(1) - async_before == 48, "async bytes %llu", fedlora_emu_htod_bytes(1) - async_before);
+    EXPECT(fedlora_emu_htod_bytes(0) == sync_before, "a queued copy counted as synchronous");
     OK(launch_accumulate(accumulate, stream, sums, 4, src, 3, 4, 2.0f, 0));
     OK(launch_accumulate(accumulate, stream, sums, 4, src, 3, 4, 0.5f, 0));
     OK(cuMemcpyDtoHAsync_v2(pinned, sums, 12 * sizeof(float), stream));

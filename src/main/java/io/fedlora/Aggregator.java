@@ -46,6 +46,8 @@ public final class Aggregator implements AutoCloseable {
     private final Policy policy;
     final Kernels kernels;
     private final boolean ownsKernels;
+    /** True when the backend was asked for (by name or instance), false when {@code auto} chose it. */
+    private final boolean backendRequested;
     private volatile ProductSpace productSpace;
 
     private Aggregator(Builder b) {
@@ -53,13 +55,18 @@ public final class Aggregator implements AutoCloseable {
         if (b.kernels != null) {
             this.kernels = b.kernels;
             this.ownsKernels = false;
+            this.backendRequested = true;
         } else if (b.backend == null && b.threads == 0) {
-            this.kernels = Backends.get();
+            // auto's rule (CudaAutoRule): the product-space strategies are dense algebra, the rest weighted sums.
+            this.kernels = Backends.get(policy.strategy().productSpace());
             this.ownsKernels = false;
+            this.backendRequested = !"auto".equals(Backends.configuredName());
         } else {
-            this.kernels = Backends.create(b.backend == null ? Backends.configuredName() : b.backend,
-                    b.threads == 0 ? Backends.defaultThreads() : b.threads);
+            String name = b.backend == null ? Backends.configuredName() : b.backend;
+            this.kernels = Backends.create(name, b.threads == 0 ? Backends.defaultThreads() : b.threads,
+                    policy.strategy().productSpace());
             this.ownsKernels = true;
+            this.backendRequested = !"auto".equalsIgnoreCase(name.trim());
         }
     }
 
@@ -180,7 +187,8 @@ public final class Aggregator implements AutoCloseable {
         if (ps == null) {
             synchronized (this) {
                 if (productSpace == null) {
-                    productSpace = new ProductSpace(ProductSpace.gramKernelsFor(kernels.name()), Backends.defaultThreads());
+                    productSpace = new ProductSpace(ProductSpace.gramKernelsFor(kernels, backendRequested),
+                            Backends.defaultThreads());
                 }
                 ps = productSpace;
             }

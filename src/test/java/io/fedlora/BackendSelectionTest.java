@@ -17,10 +17,27 @@ class BackendSelectionTest {
 
     @Test
     void theProcessBackendIsTheExpectedOne() {
-        // The build says what this machine must pick (vector; cuda under the device emulator).
+        // The build says what this machine must pick for weighted sums (vector, also under the
+        // device emulator: CudaAutoRule) and for dense algebra (vector; cuda under the emulator).
         String expected = System.getProperty("fedlora.expect.backend");
+        String expectedDense = System.getProperty("fedlora.expect.dense.backend");
         assertNotNull(expected, "the build must set fedlora.expect.backend");
+        assertNotNull(expectedDense, "the build must set fedlora.expect.dense.backend");
         assertEquals(expected, Backends.get().name());
+        assertEquals(expected, Backends.get(false).name());
+        assertEquals(expectedDense, Backends.get(true).name());
+        // Through the facade: the product-space strategies are the dense algebra.
+        try (Aggregator zero = Aggregator.of(Policy.of(Strategy.ZERO)); Aggregator norm = Aggregator.of(Policy.of(Strategy.NORM));
+                Aggregator svd = Aggregator.of(Policy.of(Strategy.SVD))) {
+            assertEquals(expected, zero.backendName());
+            assertEquals(expected, norm.backendName());
+            assertEquals(expectedDense, svd.backendName());
+        }
+        assertTrue(Backends.report().autoRule().startsWith("auto prefers CUDA for device-resident data"),
+                Backends.report().autoRule());
+        if (expected.equals(expectedDense)) {
+            assertTrue(Backends.get(false) == Backends.get(true), "one process-wide instance when both choose the same backend");
+        }
     }
 
     @Test

@@ -29,8 +29,10 @@ final class InfoCommand implements Callable<Integer> {
                     probe.available() ? "available" : "not available", Main.oneLine(probe.detail()));
         }
         try {
-            Kernels chosen = Backends.get();
-            out.printf(Locale.ROOT, "chosen    %s: %s%n", chosen.name(), chosen.description());
+            Kernels sums = Backends.get(false), dense = Backends.get(true);
+            out.printf(Locale.ROOT, "chosen    %s: %s (zero, replication, norm)%n", sums.name(), sums.description());
+            out.printf(Locale.ROOT, "          %s: %s (svd, stack)%n", dense.name(), dense.description());
+            out.printf(Locale.ROOT, "auto      %s%n", Backends.report().autoRule());
         } catch (RuntimeException | LinkageError e) {
             // A forced backend (FEDLORA_BACKEND / -Dfedlora.backend) that cannot run: say so, fail.
             out.println("chosen    none: " + Main.oneLine(e.getMessage()));

@@ -1,17 +1,25 @@
 package io.fedlora.kernels;
 
+import io.fedlora.kernels.cuda.CudaAutoRule;
 import java.lang.reflect.InvocationTargetException;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 
 /**
- * Picks the kernels backend once per JVM, in the order CUDA, Vector, Scalar (DESIGN §3). The
- * optional backends are loaded by class name, so the core links neither JCuda nor the incubator
- * module; each proves itself in its constructor and throws {@link UnsupportedOperationException}
- * with the reason when it cannot run here, and the lookup moves on. A backend forced with the
- * system property {@code fedlora.backend} or the environment variable {@code FEDLORA_BACKEND}
- * ({@code cuda|vector|scalar|auto}) that cannot run is an error, never a silent fallback.
+ * Picks the kernels backend once per JVM and kind of work (DESIGN §3). {@code auto} follows
+ * {@link CudaAutoRule}: the work fedlora has today is host-resident (mapped files, heap arrays,
+ * numpy memory), so weighted sums (ZERO, REPLICATION, NORM, whose Gram matrices run on the host)
+ * try Vector, CUDA, Scalar, and dense algebra (the product-space strategies SVD and STACK) tries
+ * CUDA (when cuBLAS loads too), Vector, Scalar. The optional backends are loaded by class name,
+ * so the core links neither JCuda nor the incubator module ({@code CudaAutoRule} is plain Java);
+ * each proves itself in its constructor and throws {@link UnsupportedOperationException} with the
+ * reason when it cannot run here, and the lookup moves on. A backend forced with the system
+ * property {@code fedlora.backend} or the environment variable {@code FEDLORA_BACKEND}
+ * ({@code cuda|vector|scalar|auto}) is used for every kind of work; one that cannot run is an
+ * error, never a silent fallback.
  */
 public final class Backends {
     public static final String PROPERTY = "fedlora.backend";
@@ -24,7 +32,7 @@ public final class Backends {
     static final String VECTOR_CLASS = "io.fedlora.kernels.cpu.VectorKernels";
     static final String VECTOR_MODULE = "jdk.incubator.vector";
 
-    /** The backends in the order {@code auto} tries them. */
+    /** The backends, in the order {@code auto} tries them for dense algebra (for weighted sums: vector, cuda, scalar). */
     public static final List<String> NAMES = List.of("cuda", "vector", "scalar");
 
     private Backends() {
@@ -35,57 +43,94 @@ public final class Backends {
     }
 
     /**
-     * What the process-wide backend is and why: the chosen backend and its facts, the backends
-     * {@code auto} skipped with the reason for each, and a warning when the choice is below the
-     * best this machine could run (null otherwise), so that a server can log or assert it.
+     * What a process-wide backend is and why: the chosen backend and its facts, the backends
+     * {@code auto} skipped with the reason for each (a backend that runs but that the rule did not
+     * pick is listed as available), a warning when the choice is below the best this machine
+     * could run (null otherwise), so that a server can log or assert it, and the rule {@code auto}
+     * follows ({@link CudaAutoRule#summary()}).
      */
-    public record Report(String chosen, String description, List<Probe> skipped, String warning) {
+    public record Report(String chosen, String description, List<Probe> skipped, String warning, String autoRule) {
         public Report {
             skipped = List.copyOf(skipped);
         }
     }
 
-    private static final class Holder {
-        static final Kernels DEFAULT;
-        static final Report REPORT;
-        /** Why the configured backend cannot run; remembered so every call reports it, not a class-init error. */
-        static final RuntimeException FAILURE;
-
-        static {
-            Kernels kernels = null;
-            Report report = null;
-            RuntimeException failure = null;
+    /** One process-wide choice: the backend, or why the configured one cannot run (remembered, not a class-init error). */
+    private record Choice(Kernels kernels, Report report, RuntimeException failure) {
+        static Choice make(boolean denseAlgebra) {
             try {
                 List<Probe> skipped = new ArrayList<>();
-                kernels = create(configuredName(), defaultThreads(), skipped);
-                String warning = degradation(kernels, skipped);
-                report = new Report(kernels.name(), kernels.description(), skipped, warning);
-                Log.chosen(report);
+                Kernels kernels = choose(configuredName(), defaultThreads(), denseAlgebra, skipped, Backends::shared);
+                Report report = new Report(kernels.name(), kernels.description(), skipped, degradation(kernels, skipped),
+                        CudaAutoRule.summary());
+                Log.chosen(report, denseAlgebra ? "dense algebra (SVD, STACK)" : "weighted sums");
+                return new Choice(kernels, report, null);
             } catch (RuntimeException e) {
-                failure = e;
+                return new Choice(null, null, e);
             }
-            DEFAULT = kernels;
-            REPORT = report;
-            FAILURE = failure;
+        }
+
+        Kernels get() {
+            if (failure != null) {
+                throw new IllegalStateException(failure.getMessage(), failure);
+            }
+            return kernels;
+        }
+    }
+
+    private static final class Sums {
+        static final Choice CHOICE = Choice.make(false);
+    }
+
+    private static final class Dense {
+        static final Choice CHOICE = Choice.make(true);
+    }
+
+    /** The process-wide instances by name: the two kinds of work share one when they choose the same backend. */
+    private static final Map<String, Kernels> SHARED = new HashMap<>();
+
+    private static Kernels shared(String name, int threads) {
+        synchronized (SHARED) {
+            Kernels kernels = SHARED.get(name);
+            if (kernels == null) {
+                kernels = instantiate(name, threads);
+                SHARED.put(name, kernels);
+            }
+            return kernels;
         }
     }
 
     /**
-     * The process-wide backend, chosen on first use and reported once (see {@link #report()}). Never close it.
+     * The process-wide backend for weighted sums of host-resident data (ZERO, REPLICATION, NORM,
+     * truncation), chosen on first use and reported once (see {@link #report()}). Never close it.
      *
      * @throws IllegalStateException if the configured backend cannot run here
      */
     public static Kernels get() {
-        if (Holder.FAILURE != null) {
-            throw new IllegalStateException(Holder.FAILURE.getMessage(), Holder.FAILURE);
-        }
-        return Holder.DEFAULT;
+        return get(false);
     }
 
-    /** How the process-wide backend was chosen. */
+    /**
+     * The process-wide backend for this kind of work: {@code denseAlgebra} for the product-space
+     * strategies (SVD, STACK: Gram matrices and back-projections, compute-bound), else weighted
+     * sums. Under {@code auto} the two may differ ({@link CudaAutoRule}); a forced backend serves
+     * both. Never close it.
+     *
+     * @throws IllegalStateException if the configured backend cannot run here
+     */
+    public static Kernels get(boolean denseAlgebra) {
+        return (denseAlgebra ? Dense.CHOICE : Sums.CHOICE).get();
+    }
+
+    /** How the process-wide backend for weighted sums was chosen. */
     public static Report report() {
-        get();
-        return Holder.REPORT;
+        return report(false);
+    }
+
+    /** How the process-wide backend for this kind of work was chosen (see {@link #get(boolean)}). */
+    public static Report report(boolean denseAlgebra) {
+        get(denseAlgebra);
+        return (denseAlgebra ? Dense.CHOICE : Sums.CHOICE).report();
     }
 
     /** The backend name asked for by {@code fedlora.backend}, else {@code FEDLORA_BACKEND}, else "auto". */
@@ -115,33 +160,106 @@ public final class Backends {
     }
 
     /**
-     * A new backend instance (the caller closes it). {@code auto} takes the first of cuda, vector,
-     * scalar that can run; a named backend that cannot run throws {@link IllegalStateException}
-     * with the reason.
+     * A new backend instance for weighted sums (the caller closes it): {@code create(name, threads, false)}.
      */
     public static Kernels create(String name, int threads) {
-        return create(name, threads, new ArrayList<>());
+        return create(name, threads, false);
     }
 
-    private static Kernels create(String name, int threads, List<Probe> skipped) {
+    /**
+     * A new backend instance for this kind of work (the caller closes it). {@code auto} follows
+     * {@link CudaAutoRule}: for weighted sums the first of vector, cuda, scalar that can run; for
+     * dense algebra the first of cuda (with cuBLAS), vector, scalar. A named backend that cannot
+     * run throws {@link IllegalStateException} with the reason.
+     */
+    public static Kernels create(String name, int threads, boolean denseAlgebra) {
+        return choose(name, threads, denseAlgebra, new ArrayList<>(), Backends::instantiate);
+    }
+
+    private interface Maker {
+        Kernels make(String name, int threads);
+    }
+
+    private static Kernels choose(String name, int threads, boolean denseAlgebra, List<Probe> skipped, Maker maker) {
         String wanted = name == null ? "auto" : name.trim().toLowerCase(Locale.ROOT);
         if (wanted.equals("auto")) {
-            for (String candidate : NAMES) {
-                try {
-                    return instantiate(candidate, threads);
-                } catch (UnsupportedOperationException e) {
-                    skipped.add(new Probe(candidate, false, e.getMessage()));
-                }
-            }
-            throw new AssertionError("the scalar backend always runs");
+            // Every input is host-resident today; the rule decides by the kind of work.
+            return CudaAutoRule.prefersCuda(CudaAutoRule.Residence.HOST, denseAlgebra)
+                    ? autoPreferringCuda(threads, skipped, maker) : autoPreferringVector(threads, skipped, maker);
         }
         if (!NAMES.contains(wanted)) {
             throw new IllegalArgumentException("unknown backend '" + name + "'; expected auto, " + String.join(", ", NAMES));
         }
         try {
-            return instantiate(wanted, threads);
+            return maker.make(wanted, threads);
         } catch (UnsupportedOperationException e) {
             throw new IllegalStateException("backend '" + wanted + "' was requested but cannot run here: " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * Work the rule keeps off CUDA (host-resident weighted sums): vector, which CUDA cannot beat
+     * through PCIe; CUDA only when the Vector API is missing (the scalar loops are slower than
+     * the staging path); scalar last. CUDA is probed (driver and device, no context) so that the
+     * report says whether it could run.
+     */
+    private static Kernels autoPreferringVector(int threads, List<Probe> skipped, Maker maker) {
+        try {
+            Kernels vector = maker.make("vector", threads);
+            String cause = cudaCause();
+            skipped.add(cause != null ? new Probe("cuda", false, cause) : new Probe("cuda", true,
+                    "runs here, but auto keeps host-resident weighted sums on the vector backend (CudaAutoRule)"));
+            return vector;
+        } catch (UnsupportedOperationException e) {
+            skipped.add(new Probe("vector", false, e.getMessage()));
+        }
+        return firstOf(List.of("cuda", "scalar"), threads, skipped, maker);
+    }
+
+    /** Work the rule sends to CUDA (dense algebra: SVD, STACK): CUDA when its driver, device and cuBLAS load, else vector. */
+    private static Kernels autoPreferringCuda(int threads, List<Probe> skipped, Maker maker) {
+        String cause = cudaDenseAlgebraCause();
+        if (cause == null) {
+            return firstOf(NAMES, threads, skipped, maker);
+        }
+        skipped.add(new Probe("cuda", false, cause));
+        return firstOf(List.of("vector", "scalar"), threads, skipped, maker);
+    }
+
+    private static Kernels firstOf(List<String> names, int threads, List<Probe> skipped, Maker maker) {
+        for (String candidate : names) {
+            try {
+                return maker.make(candidate, threads);
+            } catch (UnsupportedOperationException e) {
+                skipped.add(new Probe(candidate, false, e.getMessage()));
+            }
+        }
+        throw new AssertionError("the scalar backend always runs");
+    }
+
+    /** Null when the CUDA driver runs and reports a device (CudaKernels' one probe; no context), else why not. */
+    private static String cudaCause() {
+        return cudaStatic("unavailabilityCause");
+    }
+
+    /** Null when the CUDA driver, a device and cuBLAS (libcublas.so.12) all load here, else why not. */
+    private static String cudaDenseAlgebraCause() {
+        String cause = cudaStatic("denseAlgebraUnavailabilityCause");
+        return cause == null || cudaCause() != null ? cause : "the dense algebra needs cuBLAS, which did not load: " + cause;
+    }
+
+    private static String cudaStatic(String method) {
+        try {
+            Class.forName("jcuda.driver.JCudaDriver", false, Backends.class.getClassLoader());
+        } catch (ClassNotFoundException e) {
+            return NO_JCUDA + " (org.jcuda:jcuda 12.0.0)";
+        }
+        try {
+            return (String) Class.forName(CUDA_CLASS, true, Backends.class.getClassLoader()).getMethod(method).invoke(null);
+        } catch (InvocationTargetException e) { // the probes catch everything; a LinkageError of loading JCuda itself
+            return String.valueOf(e.getCause()).lines().findFirst().orElse("");
+        } catch (ReflectiveOperationException e) {
+            throw new LinkageError("fedlora's own class " + CUDA_CLASS + " lacks " + method, e);
         }
     }
 
@@ -157,7 +275,8 @@ public final class Backends {
             }
         }
         for (Probe p : skipped) {
-            if (p.name().equals("cuda") && !p.detail().startsWith(NO_JCUDA)) {
+            // A CUDA that runs but that the rule did not pick (host-resident sums) is no degradation.
+            if (p.name().equals("cuda") && !p.available() && !p.detail().startsWith(NO_JCUDA)) {
                 return "fedlora runs the " + chosen.name() + " backend, not cuda: " + p.detail();
             }
         }

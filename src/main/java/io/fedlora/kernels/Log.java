@@ -86,9 +86,10 @@ public final class Log {
         }
     }
 
-    /** The process backend's choice: its facts at INFO, and a warning when it is below the best. */
-    static void chosen(Backends.Report report) {
-        StringBuilder line = new StringBuilder("fedlora backend: " + report.chosen() + " (" + report.description() + ")");
+    /** A process backend's choice for one kind of work: its facts at INFO, and a warning when it is below the best. */
+    static void chosen(Backends.Report report, String work) {
+        StringBuilder line = new StringBuilder("fedlora backend: " + report.chosen() + " (" + report.description() + ") for "
+                + work);
         if (!report.skipped().isEmpty()) {
             line.append("; skipped");
             for (Backends.Probe p : report.skipped()) {

@@ -1,6 +1,8 @@
 package io.fedlora.product;
 
+import io.fedlora.kernels.Kernels;
 import io.fedlora.tensor.Matrix;
+import java.lang.reflect.InvocationTargetException;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -27,8 +29,12 @@ import org.slf4j.LoggerFactory;
  *
  * <p>The large work (Gram matrices, the output products) streams the clients' factors in panels of
  * rows (B) or columns (A) through {@link GramKernels}, in float64, split across threads by row
- * ranges; the small {@code S x S} problems run on the host in float64 with EJML. The clients'
- * factors are read in place; only a panel of {@code rows x S} doubles per thread is copied.
+ * ranges (on the CUDA backend: cuBLAS, one part, each sum kept on the device); the small
+ * {@code S x S} problems run on the host in float64 with EJML on every backend (about
+ * {@code 46 S^3} flop: 5 GFLOP at S = 480, beside the 9-12 GFLOP of Grams and products at
+ * 11008 x 4096; cuSOLVER, a second lazily loaded library and dependency, would pay off where
+ * they dominate, K = 100 with S ~ 3000, and is not used yet). The clients' factors are read in
+ * place; only a panel of {@code rows x S} doubles per thread is copied.
  *
  * <p>Thread-safe: calls share nothing but the thread pool.
  */
@@ -42,6 +48,7 @@ public final class ProductSpace implements AutoCloseable {
     /** Square problems at least this big use EJML's multi-threaded decompositions and products. */
     private static final int CONCURRENT_MIN = 192;
     static final String VECTOR_CLASS = "io.fedlora.product.VectorGram";
+    static final String CUDA_CLASS = "io.fedlora.kernels.cuda.CudaGram";
 
     private final GramKernels kernels;
     private final int threads;
@@ -55,11 +62,46 @@ public final class ProductSpace implements AutoCloseable {
         this.threads = threads;
     }
 
+    /** {@link #gramKernelsFor(Kernels, boolean)} for a backend that was asked for. */
+    public static GramKernels gramKernelsFor(Kernels backend) {
+        return gramKernelsFor(backend, true);
+    }
+
     /**
-     * The Gram kernels to pair with a kernels backend: the reference loops for "scalar", the
-     * Vector API ones otherwise (the CUDA backend's host side included; cuBLAS Grams are not
-     * wired yet), falling back to the reference loops with one log line when the incubator module
-     * is missing.
+     * The Gram kernels to pair with a kernels backend: the CUDA ones (cuBLAS, float64, on that
+     * backend's device; {@value #CUDA_CLASS}, loaded by name so that this package does not depend
+     * on the CUDA backend) for "cuda", else {@link #gramKernelsFor(String)}.
+     *
+     * <p>Where cuBLAS ({@code libcublas.so.12}) cannot load, what happens follows how the backend
+     * was chosen, as in {@code Backends}: a CUDA backend that was asked for ({@code requested}: by
+     * name or instance) keeps the CUDA kernels, and the first Gram matrix throws an
+     * UnsupportedOperationException saying what is missing (a forced backend that quietly computed
+     * on the CPU would hide a broken installation); one that {@code auto} chose gets the host
+     * kernels, with one warning saying why, so that SVD and fidelity keep working on a driver-only
+     * host. Checking loads cuBLAS, so this runs when the first product-space operation does.
+     */
+    public static GramKernels gramKernelsFor(Kernels backend, boolean requested) {
+        if (!"cuda".equals(backend.name())) {
+            return gramKernelsFor(backend.name());
+        }
+        try {
+            return (GramKernels) Class.forName(CUDA_CLASS).getMethod("forBackend", Kernels.class, boolean.class)
+                    .invoke(null, backend, requested);
+        } catch (InvocationTargetException e) {
+            if (e.getCause() instanceof RuntimeException r) {
+                throw r;
+            }
+            throw new IllegalStateException("CUDA Gram kernels cannot run: " + e.getCause(), e.getCause());
+        } catch (ReflectiveOperationException | LinkageError e) {
+            throw new IllegalStateException("CUDA Gram kernels cannot run: " + e, e);
+        }
+    }
+
+    /**
+     * The host Gram kernels for a backend name: the reference loops for "scalar", the Vector API
+     * ones otherwise (for "cuda" too: the device ones need the backend's instance,
+     * {@link #gramKernelsFor(Kernels)}), falling back to the reference loops with one log line
+     * when the incubator module is missing.
      */
     public static GramKernels gramKernelsFor(String backendName) {
         if ("scalar".equals(backendName)) {
@@ -137,7 +179,24 @@ public final class ProductSpace implements AutoCloseable {
         int m = clients.get(0).b().rows(), n = clients.get(0).a().cols();
         double[] gramB = gram(s, m, (x, r0, rows) -> packB(x, clients, offsets, s, r0, rows, null));
         double[] gramA = gram(s, n, (x, c0, cols) -> packA(x, clients, offsets, s, c0, cols));
+        requireFinite(module, "G_B = Bs^T Bs", gramB);
+        requireFinite(module, "G_A = As As^T", gramA);
         return new Grams(module, m, n, ranks, offsets, weights, scales, raw, gramB, gramA);
+    }
+
+    /**
+     * Finite float32 factors give finite Gram matrices (a product is at most 1.2e77, far from
+     * float64's 1.8e308), so a NaN or infinity here is a factor holding one, which this class does
+     * not screen (the facade does, before), or a faulty kernel. Either way an error: the
+     * eigen/SVD steps would otherwise turn it into a silent rank-0 output. {@code S^2} reads.
+     */
+    private static void requireFinite(String module, String which, double[] gram) {
+        for (double v : gram) {
+            if (!Double.isFinite(v)) {
+                throw new IllegalArgumentException("module " + module + ": the Gram matrix " + which + " holds " + v
+                        + ": a client's factors hold NaN or infinity (screen them first), or the Gram kernels failed");
+            }
+        }
     }
 
     @FunctionalInterface
@@ -158,19 +217,20 @@ public final class ProductSpace implements AutoCloseable {
     private double[] gram(int s, int length, Packer packer) {
         long bytes = 8L * s * s;
         int panel = panelRows(s);
-        int parts = (int) Math.max(1, Math.min(Math.min(threads, PARTIAL_BYTES / Math.max(1, bytes)),
-                (length + panel - 1) / panel));
+        int parts = (int) Math.max(1, Math.min(Math.min(Math.min(threads, kernels.maxParts()),
+                PARTIAL_BYTES / Math.max(1, bytes)), (length + panel - 1) / panel));
         double[][] partial = new double[parts][];
         forEach(parts, part -> {
             int from = (int) ((long) length * part / parts), to = (int) ((long) length * (part + 1) / parts);
-            double[] g = new double[s * s];
             double[] x = new double[panel * s];
-            for (int r0 = from; r0 < to; r0 += panel) {
-                int rows = Math.min(panel, to - r0);
-                packer.pack(x, r0, rows);
-                kernels.syrkUpper(g, x, rows, s);
+            try (GramKernels.GramSum sum = kernels.openGram(s)) {
+                for (int r0 = from; r0 < to; r0 += panel) {
+                    int rows = Math.min(panel, to - r0);
+                    packer.pack(x, r0, rows);
+                    sum.add(x, rows);
+                }
+                partial[part] = sum.upper();
             }
-            partial[part] = g;
         });
         double[] g = partial[0];
         for (int part = 1; part < parts; part++) {
@@ -189,24 +249,23 @@ public final class ProductSpace implements AutoCloseable {
 
     /** {@code out (length x t) = panels(stack) * coef (S x t)}, row ranges across threads. */
     private double[] product(int s, int length, Packer packer, double[] coef, int t) {
-        double[] out = new double[Math.multiplyExact(length, t)];
         if (t == 0) {
-            return out;
+            return new double[0];
         }
         int panel = panelRows(s);
-        int parts = Math.max(1, Math.min(threads, (length + panel - 1) / panel));
-        forEach(parts, part -> {
-            int from = (int) ((long) length * part / parts), to = (int) ((long) length * (part + 1) / parts);
-            double[] x = new double[panel * s];
-            double[] y = new double[panel * t];
-            for (int r0 = from; r0 < to; r0 += panel) {
-                int rows = Math.min(panel, to - r0);
-                packer.pack(x, r0, rows);
-                kernels.gemm(y, x, rows, s, coef, t);
-                System.arraycopy(y, 0, out, r0 * t, rows * t);
-            }
-        });
-        return out;
+        int parts = Math.max(1, Math.min(Math.min(threads, kernels.maxParts()), (length + panel - 1) / panel));
+        try (GramKernels.PanelProduct out = kernels.openProduct(length, s, coef, t)) {
+            forEach(parts, part -> {
+                int from = (int) ((long) length * part / parts), to = (int) ((long) length * (part + 1) / parts);
+                double[] x = new double[panel * s];
+                for (int r0 = from; r0 < to; r0 += panel) {
+                    int rows = Math.min(panel, to - r0);
+                    packer.pack(x, r0, rows);
+                    out.add(x, r0, rows);
+                }
+            });
+            return out.result();
+        }
     }
 
     /** Rows {@code r0 .. r0 + rows} of {@code Bs} (times {@code colScale} per stack column when not null). */

@@ -454,6 +454,9 @@ class CliTest {
             assertTrue(run.out().contains(backend), run.out());
         }
         assertTrue(run.out().contains("chosen"), run.out());
+        // The rule auto follows, and the choice for each kind of work.
+        assertTrue(run.out().contains("auto      auto prefers CUDA for device-resident data"), run.out());
+        assertTrue(run.out().contains("(zero, replication, norm)") && run.out().contains("(svd, stack)"), run.out());
     }
 
     @Test

@@ -19,12 +19,12 @@ import java.util.Map;
 import org.ejml.data.DMatrixRMaj;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.ValueSource;
+import org.junit.jupiter.params.provider.MethodSource;
 
 /**
  * SVD and STACK through the facade ({@link Aggregator}), and its fidelity report held against the
  * dense float64 error of the globals the facade actually wrote (float32), on every backend the
- * tests run (scalar, vector).
+ * tests run ({@link io.fedlora.TestBackends}: scalar, vector; cuda in the build's cuda execution).
  */
 class ProductFacadeTest {
 
@@ -84,7 +84,7 @@ class ProductFacadeTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("io.fedlora.TestBackends#names")
     void svdIsTheBestRankRApproximationAndTruncationRedistributes(String backend) {
         int[] ranks = {2, 4, 8, 6};
         List<ClientUpdate> updates = updates(ranks, new double[] {1, 3, 2, 1}, 21);
@@ -107,7 +107,7 @@ class ProductFacadeTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("io.fedlora.TestBackends#names")
     void svdAndStackWithFoldedScales(String backend) {
         int[] ranks = {4, 8, 16};
         LoraScale scale = LoraScale.alphaOverRank(16);
@@ -133,7 +133,7 @@ class ProductFacadeTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("io.fedlora.TestBackends#names")
     void fidelityReportMatchesTheDenseErrorOfTheWrittenGlobals(String backend) {
         int[] ranks = {5, 5, 5, 20, 9};
         double[] weights = {1, 1, 2, 1, 3};

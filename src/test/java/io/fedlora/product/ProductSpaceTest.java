@@ -5,6 +5,9 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.fedlora.TestBackends;
+import io.fedlora.kernels.Backends;
+import io.fedlora.kernels.Kernels;
 import io.fedlora.tensor.Matrix;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -13,19 +16,40 @@ import java.util.stream.IntStream;
 import org.ejml.data.DMatrixRMaj;
 import org.ejml.dense.row.CommonOps_DDRM;
 import org.ejml.dense.row.NormOps_DDRM;
+import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.ValueSource;
+import org.junit.jupiter.params.provider.MethodSource;
 
 /**
  * Product-space aggregation against the dense float64 reference ({@link Dense64}) on small shapes,
  * with the tolerances of PRODUCT_SPACE.md §8 (float32 data, float64 reference on the same
- * float32 values). Every test runs on both Gram kernels.
+ * float32 values). Every parameterized test runs on the Gram kernels of the test backends
+ * ({@link TestBackends}: scalar and vector; cuda, the cuBLAS ones, in the build's cuda execution).
  */
 class ProductSpaceTest {
+    private static Kernels cuda;
+
+    static List<String> kernels() {
+        return TestBackends.names();
+    }
 
     private static ProductSpace space(String kernels) {
+        if ("cuda".equals(kernels)) {
+            if (cuda == null) {
+                cuda = Backends.create("cuda", 1);
+            }
+            return new ProductSpace(ProductSpace.gramKernelsFor(cuda), 2);
+        }
         return new ProductSpace("scalar".equals(kernels) ? new ScalarGram() : new VectorGram(), 2);
+    }
+
+    @AfterAll
+    static void closeCuda() {
+        if (cuda != null) {
+            cuda.close();
+            cuda = null;
+        }
     }
 
     /** ||U||_2 ||V||_2 / sigma_1 for U = Bs diag(w s), V = As: the SVD's cancellation factor. */
@@ -80,7 +104,7 @@ class ProductSpaceTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void gramRouteMatchesDenseSvd(String kernels) {
         // 61 x 47 with S = 3 + 5 + 8 + 2 + 7 = 25 <= 47: the Gram route; ranks not multiples of the vector width.
         List<ModuleFactors> clients = Dense64.clients(1, 61, 47, new int[] {3, 5, 8, 2, 7},
@@ -94,7 +118,7 @@ class ProductSpaceTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void foldedScalesAndBalancedSplit(String kernels) {
         int[] ranks = {4, 8, 16};
         double[] scales = {16.0 / 4, 16.0 / 8, 16.0 / 16};
@@ -117,7 +141,7 @@ class ProductSpaceTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void qrRouteWhenStackRankExceedsTheShape(String kernels) {
         // S = 4 * 6 = 24 > min(30, 18): the Gram route would solve 24 x 24 problems for an 18-rank update.
         List<ModuleFactors> clients = Dense64.clients(3, 30, 18, new int[] {6, 6, 6, 6}, new double[] {1, 2, 3, 4}, null);
@@ -197,7 +221,7 @@ class ProductSpaceTest {
     // ---- DESIGN §9 edge cases -------------------------------------------------------------------
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void duplicateAndZeroClientsKeepTheTrueRank(String kernels) {
         List<ModuleFactors> base = Dense64.clients(5, 50, 45, new int[] {5, 9}, new double[] {1, 2}, null);
         // The zero client first: an unpivoted Cholesky would stop at its zero pivot and find rank 0.
@@ -235,7 +259,7 @@ class ProductSpaceTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void rankAboveStackRankFillsOrthonormalRows(String kernels) {
         List<ModuleFactors> clients = Dense64.clients(6, 40, 33, new int[] {4, 6}, new double[] {1, 1}, null);
         try (ProductSpace ps = space(kernels)) {
@@ -250,7 +274,7 @@ class ProductSpaceTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void allZeroUpdatesGiveRankZero(String kernels) {
         // Round 0 of PEFT training: B = 0.
         List<ModuleFactors> clients = new ArrayList<>();
@@ -299,7 +323,7 @@ class ProductSpaceTest {
     // ---- FlexLoRA redistribution and STACK --------------------------------------------------------
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void flexLoraTruncationEqualsDenseFlexLora(String kernels) {
         // FlexLoRA: U = [w_k s_k B_k] with s_k = 16 / r_k; client k gets B_k = U_:rk Sigma_:rk / s_k, A_k = V_:rk^T.
         int[] ranks = {2, 4, 8, 12};
@@ -320,7 +344,7 @@ class ProductSpaceTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void stackIsExact(String kernels) {
         int[] ranks = {3, 1, 5};
         double[] weights = {2, 5, 3};
@@ -356,7 +380,7 @@ class ProductSpaceTest {
     // ---- fidelity -------------------------------------------------------------------------------
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void fidelityMatchesDenseForEveryStrategy(String kernels) {
         int[] ranks = {5, 5, 5, 20, 9};
         double[] weights = {1, 1, 2, 1, 3};
@@ -365,7 +389,7 @@ class ProductSpaceTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"scalar", "vector"})
+    @MethodSource("kernels")
     void fidelityOfNearCancellingClients(String kernels) {
         // Client 1 = -client 0 + 1e-4 noise; client 2 a near-copy of client 0 (eta = 1e-3): the
         // exact average is tiny next to the clients, so a stacked-Gram formula would lose it.
@@ -512,6 +536,13 @@ class ProductSpaceTest {
             List<ModuleFactors> bad = shapes;
             e = assertThrows(IllegalArgumentException.class, () -> ps.grams("m", bad));
             assertTrue(e.getMessage().contains("[10 x 9]") && e.getMessage().contains("[10 x 8]"), e.getMessage());
+            // A NaN in a factor (ProductSpace does not screen values): an error, not a silent rank-0 output.
+            List<ModuleFactors> nan = new ArrayList<>(Dense64.clients(19, 10, 8, new int[] {2, 3}, new double[] {1, 1}, null));
+            float[] poisoned = new float[3 * 8];
+            poisoned[5] = Float.NaN;
+            nan.set(1, ModuleFactors.of("client-1", Matrix.of(poisoned, 3, 8), nan.get(1).b(), 1));
+            e = assertThrows(IllegalArgumentException.class, () -> ps.svd("layers.0.v_proj", nan, 2, Split.FLEXLORA, 1, Fill.ORTH));
+            assertTrue(e.getMessage().startsWith("module layers.0.v_proj: the Gram matrix G_A = As As^T holds NaN"), e.getMessage());
             List<ModuleFactors> zero = Dense64.clients(18, 10, 8, new int[] {2}, new double[] {0}, null);
             e = assertThrows(IllegalArgumentException.class, () -> ps.grams("m", zero));
             assertTrue(e.getMessage().contains("sum to 0"), e.getMessage());

@@ -64,14 +64,12 @@ final class CudaAccumulator implements Accumulator {
     /** Must match ScalarKernels' accumulate: sums(i, j) = fma(weight, src(i, j), sums(i, j)). */
     @Override
     public void add(Matrix src, float weight) {
-        synchronized (session) {
-            session.makeCurrent();
-            for (StagingRing.Tile tile : ring.tiles(Math.min(rows, src.rows()), Math.min(cols, src.cols()))) {
-                CUdeviceptr target = offset(sums, (long) tile.row0() * cols + tile.col0());
-                ring.withStaged(src, tile.row0(), tile.col0(), tile.rows(), tile.cols(), staged -> session.launch(ACCUMULATE,
-                        tile.rows(), tile.cols(), target, cols, staged, DTypeCode.of(src.dtype()), tile.cols(), tile.rows(),
-                        tile.cols(), weight, null));
-            }
+        session.makeCurrent();
+        for (StagingRing.Tile tile : ring.tiles(Math.min(rows, src.rows()), Math.min(cols, src.cols()))) {
+            CUdeviceptr target = offset(sums, (long) tile.row0() * cols + tile.col0());
+            ring.withStaged(src, tile.row0(), tile.col0(), tile.rows(), tile.cols(), staged -> session.launch(ACCUMULATE,
+                    tile.rows(), tile.cols(), target, cols, staged, DTypeCode.of(src.dtype()), tile.cols(), tile.rows(),
+                    tile.cols(), weight, null));
         }
     }
 
@@ -80,15 +78,11 @@ final class CudaAccumulator implements Accumulator {
     public void add(Accumulator other) {
         CudaAccumulator o = (CudaAccumulator) other;
         if (o.session != session) {
-            synchronized (o.session) {
-                o.session.makeCurrent();
-                o.session.synchronize(); // its sums must be complete before this device reads them
-            }
+            o.session.makeCurrent();
+            o.session.synchronize(); // its sums must be complete before this device reads them
         }
-        synchronized (session) {
-            session.makeCurrent();
-            session.launch(ACCUMULATE, o.rows, o.cols, sums, cols, o.sums, DTypeCode.F32, o.cols, o.rows, o.cols, 1f, null);
-        }
+        session.makeCurrent();
+        session.launch(ACCUMULATE, o.rows, o.cols, sums, cols, o.sums, DTypeCode.F32, o.cols, o.rows, o.cols, 1f, null);
     }
 
     @Override
@@ -99,8 +93,8 @@ final class CudaAccumulator implements Accumulator {
         if (newRows == rows && newCols == cols) {
             return;
         }
+        session.makeCurrent();
         synchronized (session) {
-            session.makeCurrent();
             CUdeviceptr grown = session.alloc(4L * newRows * newCols, "an accumulator of " + newRows + " x " + newCols);
             try {
                 // pad with no donor: the old sums in the corner, zeros elsewhere.
@@ -121,11 +115,11 @@ final class CudaAccumulator implements Accumulator {
     /** Must match ScalarKernels.scale: out(i, j) = sums(i, j) * (rowScale[i] * colScale[j]). */
     @Override
     public void finish(float[] out, float[] rowScale, float[] colScale) {
-        synchronized (session) {
-            session.makeCurrent();
-            try (CudaSession.Scope scope = session.scope()) {
-                CUdeviceptr rowScales = scope.upload(rowScale, "row scales");
-                CUdeviceptr colScales = scope.upload(colScale, "column scales");
+        session.makeCurrent();
+        try (CudaSession.Scope scope = session.scope()) {
+            CUdeviceptr rowScales = scope.upload(rowScale, "row scales");
+            CUdeviceptr colScales = scope.upload(colScale, "column scales");
+            try (StagingRing.Held output = ring.lockOutput()) {
                 CUdeviceptr result = ring.outputSlot();
                 for (StagingRing.Tile tile : ring.tiles(rows, cols)) {
                     session.launch(FINISH, tile.rows(), tile.cols(), result, tile.cols(),

@@ -3,7 +3,10 @@ package io.fedlora.kernels.cuda;
 /**
  * When {@code auto} should prefer the CUDA backend over the vector backend: a rule written down
  * from DESIGN §7's figures, to be revisited once {@code bin/gpu-check} has measured a real GPU
- * (change the constants, not the callers). {@code Backends} (the lead's) asks {@link #prefersCuda}.
+ * (change the constants or {@link #prefersCuda}, not the callers). {@code Backends} applies it
+ * when it resolves {@code auto}, per kind of work ({@code Backends.get(boolean denseAlgebra)}):
+ * the product-space strategies (SVD, STACK) are dense algebra, ZERO, REPLICATION and NORM are
+ * weighted sums. {@code Backends} links this class directly, so it must never reference JCuda.
  *
  * <p>The reasoning. Aggregation is memory-bound: each client byte is read once and multiplied
  * once. Every fedlora input is host-resident today (memory-mapped safetensors, heap arrays,
@@ -14,10 +17,14 @@ package io.fedlora.kernels.cuda;
  * {@value #VECTOR_SHARE_OF_HOST_BANDWIDTH} of the host's STREAM triad. So for host-resident data
  * {@code min(PCIe, host / 3, packers x per-core copy)} is below {@code 0.7 x host} on any machine:
  * the GPU cannot win a plain ZERO / REPLICATION round however large. It wins where the work is
- * compute-bound or the data is already on the device: the NORM Gram matrices and the
- * product-space algebra (r FMAs per byte loaded: at r = 64, 32 flop/byte, which a few CPU cores
- * cannot feed at PCIe rate while a GPU's float32 rate can), and device-resident rounds, which
- * run at HBM bandwidth ({@value #H200_HBM_GBS} GB/s on an H200), 10x or more above any host.
+ * compute-bound or the data is already on the device: the product-space algebra (Gram matrices
+ * of stacked factors: r FMAs per byte loaded, at r = 64 32 flop/byte, which a few CPU cores
+ * cannot feed at PCIe rate while a GPU can), and device-resident rounds, which run at HBM
+ * bandwidth ({@value #H200_HBM_GBS} GB/s on an H200), 10x or more above any host. NORM is a
+ * weighted sum here: its Gram matrices run on the host on either backend
+ * ({@code CudaKernels.loraNormSquared}: measured 0.8-2.6 GB/s per thread on the build machine),
+ * so the GPU would only add PCIe. Once a device Gram shares the sum's upload, NORM belongs with
+ * the dense algebra: revisit then.
  */
 public final class CudaAutoRule {
     /** Practical host-to-device rate of PCIe 5 x16 (DESIGN §7), GB/s. */
@@ -39,8 +46,9 @@ public final class CudaAutoRule {
 
     /**
      * True when {@code auto} should run this kind of work on CUDA: the data is already on the
-     * device, or the work is dense linear algebra (NORM Gram matrices, SVD / fidelity), which is
-     * compute-bound. False for host-resident weighted sums, however large (see the class comment).
+     * device, or the work is dense linear algebra (the product-space strategies SVD and STACK),
+     * which is compute-bound. False for host-resident weighted sums (ZERO, REPLICATION, NORM),
+     * however large (see the class comment).
      */
     public static boolean prefersCuda(Residence residence, boolean denseAlgebra) {
         return residence == Residence.DEVICE || denseAlgebra;
@@ -58,8 +66,9 @@ public final class CudaAutoRule {
 
     /** One line for logs and {@code fedlora info}: the rule and the figures behind it. */
     public static String summary() {
-        return String.format("auto prefers CUDA for device-resident data (HBM %.0f GB/s) and dense algebra (NORM Gram, SVD);"
-                + " host-resident weighted sums stay on the vector backend (CUDA path min(PCIe %.0f GB/s, host/%d), CPU %.0f%%"
-                + " of host bandwidth)", H200_HBM_GBS, PCIE_GBS, CUDA_HOST_TOUCHES, VECTOR_SHARE_OF_HOST_BANDWIDTH * 100);
+        return String.format(java.util.Locale.ROOT, "auto prefers CUDA for device-resident data (HBM %.0f GB/s) and dense"
+                + " algebra (SVD, STACK, with cuBLAS); host-resident weighted sums (ZERO, REPLICATION, NORM: its Gram runs on"
+                + " the host) stay on the vector backend (CUDA path min(PCIe %.0f GB/s, host/%d), CPU %.0f%% of host bandwidth)",
+                H200_HBM_GBS, PCIE_GBS, CUDA_HOST_TOUCHES, VECTOR_SHARE_OF_HOST_BANDWIDTH * 100);
     }
 }

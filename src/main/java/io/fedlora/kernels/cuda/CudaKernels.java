@@ -2,14 +2,13 @@ package io.fedlora.kernels.cuda;
 
 import static io.fedlora.kernels.cuda.CudaSession.ACCUMULATE;
 import static io.fedlora.kernels.cuda.CudaSession.ALL_FINITE;
-import static io.fedlora.kernels.cuda.CudaSession.CONVERT;
 import static io.fedlora.kernels.cuda.CudaSession.FINISH;
 import static io.fedlora.kernels.cuda.CudaSession.PAD;
 import static io.fedlora.kernels.cuda.CudaSession.offset;
 
 import io.fedlora.kernels.Accumulator;
+import io.fedlora.kernels.Backends;
 import io.fedlora.kernels.Kernels;
-import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Matrix;
 import java.util.ArrayList;
 import java.util.List;
@@ -17,26 +16,50 @@ import jcuda.driver.CUdeviceptr;
 
 /**
  * The CUDA backend: the kernels of {@code cuda/*.cu} (shipped as one PTX resource) through the
- * JCuda driver API, and cuBLAS through JCublas2 for the Gram matrices of NORM weights, loaded
- * only when NORM needs them ({@link DenseAlgebra}). Matches {@code ScalarKernels}: copies bit
- * for bit, sums with the same FMA sequence (DESIGN §2, §4).
+ * JCuda driver API; cuBLAS (JCublas2, {@link DenseAlgebra}) only for the product-space algebra,
+ * loaded when that first needs it. NORM's Gram matrices run on the host ({@link #loraNormSquared}).
+ * Matches {@code ScalarKernels}: copies bit for bit, sums with the same FMA sequence (DESIGN §2, §4).
  *
  * <p>Constructing it is the probe: it throws {@link UnsupportedOperationException} with the
  * reason when CUDA cannot run here (no driver, no device, too little device memory), which
  * {@code Backends} turns into a fallback for {@code auto} and an error for a forced "cuda".
- * Thread-safe: calls are serialised on the session. Without a GPU, the device emulator in
- * {@code native/} stands in for the driver (see native/README.md).
+ * Without a GPU, the device emulator in {@code native/} stands in for the driver (see
+ * native/README.md).
+ *
+ * <p>Thread-safe, and the device lock (the {@link CudaSession}'s monitor) is held only around
+ * device state: allocating and freeing device memory, queueing work on the two streams (copies,
+ * memsets, launches, event records and waits; one staged block's upload, its events and the
+ * kernels that read it are queued as one unit), the launch geometry, the cuBLAS handle and
+ * the list of open accumulators. Host work runs outside it: the finiteness scan and NORM's
+ * Gram matrices (no device at all), packing a block into its pinned staging slot and waiting
+ * for that slot's previous upload (each input slot belongs to one operation at a time, see
+ * {@link StagingRing}), and waiting for streams ({@code cuStreamSynchronize}, the synchronous
+ * copies of flags and scales), which the driver allows while other threads queue. What is still
+ * serialised besides the queueing: the operations that bring tiles back through the one output
+ * slot (weightedSum, pad, an accumulator's finish) take turns on it, including their packing;
+ * there are two input slots, so at most two operations pack at once; and the float64 dense
+ * algebra runs whole under the device lock.
  */
 public final class CudaKernels implements Kernels {
 
     private final CudaSession session;
     private final StagingRing ring;
     private final DenseAlgebra dense;
+    /** The host side: NORM's Gram matrices (see {@link #loraNormSquared}). */
+    private final Kernels host;
     private final List<CudaAccumulator> open = new ArrayList<>();
     private boolean closed;
 
-    /** Opens device 0, or throws UnsupportedOperationException(reason). */
+    /** Opens device 0 with {@link Backends#defaultThreads()} host threads, or throws UnsupportedOperationException(reason). */
     public CudaKernels() {
+        this(Backends.defaultThreads());
+    }
+
+    /**
+     * Opens device 0, or throws UnsupportedOperationException(reason); {@code threads} is what the
+     * host side (the NORM Gram matrices) runs on.
+     */
+    public CudaKernels(int threads) {
         String cause = CudaProbe.unavailabilityCause();
         if (cause != null) {
             throw new UnsupportedOperationException(cause);
@@ -60,6 +83,16 @@ public final class CudaKernels implements Kernels {
         }
         session = opened;
         dense = new DenseAlgebra(session);
+        host = cpuKernels(threads);
+    }
+
+    /** The CPU kernels for the host side: vector when the Vector API is in the module graph, else scalar. */
+    private static Kernels cpuKernels(int threads) {
+        try {
+            return Backends.create("vector", threads);
+        } catch (IllegalStateException e) {
+            return Backends.create("scalar", threads);
+        }
     }
 
     /** True when the one probe found a working driver and device. */
@@ -73,8 +106,8 @@ public final class CudaKernels implements Kernels {
     }
 
     /**
-     * Null when cuBLAS loads here (NORM weights and, later, the product-space algebra run on the
-     * GPU), else why not; loads JCublas2 on the first call. Everything else runs without it.
+     * Null when cuBLAS loads here (the product-space algebra can run on the GPU), else why not;
+     * loads JCublas2 on the first call. Everything else, NORM included, runs without it.
      */
     public static String denseAlgebraUnavailabilityCause() {
         return isAvailable() ? DenseAlgebra.unavailabilityCause() : unavailabilityCause();
@@ -92,20 +125,18 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public Accumulator newAccumulator(int rows, int cols) {
+        session.makeCurrent();
+        CudaAccumulator accumulator = new CudaAccumulator(this, session, ring, rows, cols);
         synchronized (session) {
-            session.makeCurrent();
-            CudaAccumulator accumulator = new CudaAccumulator(this, session, ring, rows, cols);
             open.add(accumulator);
-            return accumulator;
         }
+        return accumulator;
     }
 
     /** Makes the device's context current on this thread and returns its free memory (for tests and diagnostics). */
     long freeDeviceBytes() {
-        synchronized (session) {
-            session.makeCurrent();
-            return session.freeBytes();
-        }
+        session.makeCurrent();
+        return session.freeBytes();
     }
 
     /**
@@ -129,15 +160,30 @@ public final class CudaKernels implements Kernels {
         }
     }
 
+    /** For {@link CudaGram}: the session (its lock and context guard every device call). */
+    CudaSession session() {
+        return session;
+    }
+
+    /** For {@link CudaGram}: the lazily loaded cuBLAS calls. */
+    DenseAlgebra dense() {
+        return dense;
+    }
+
     /** For bin/gpu-check's per-kernel harness: validates kernels over several block sizes. */
     void threadsPerBlock(int threads) {
-        synchronized (session) {
-            session.threadsPerBlock(threads);
-        }
+        session.threadsPerBlock(threads);
+    }
+
+    /** Tests only: {@code hook} runs before each block is packed for the device, outside the device lock. */
+    void packHook(java.util.function.Consumer<Matrix> hook) {
+        ring.packHook(hook);
     }
 
     void forget(CudaAccumulator accumulator) {
-        open.remove(accumulator);
+        synchronized (session) {
+            open.remove(accumulator);
+        }
     }
 
     /**
@@ -149,14 +195,14 @@ public final class CudaKernels implements Kernels {
     @Override
     public int weightedSum(float[] out, int rows, int cols, Matrix[] sources, float[] weights, float[] rowScale,
             float[] colScale) {
-        synchronized (session) {
-            session.makeCurrent();
-            int count = sources.length;
-            try (CudaSession.Scope scope = session.scope()) {
-                CUdeviceptr flags = scope.alloc(4L * (count + 1), "weightedSum flags");
-                session.zero(flags, count + 1);
-                CUdeviceptr rowScales = scope.upload(rowScale, "row scales");
-                CUdeviceptr colScales = scope.upload(colScale, "column scales");
+        session.makeCurrent();
+        int count = sources.length;
+        try (CudaSession.Scope scope = session.scope()) {
+            CUdeviceptr flags = scope.alloc(4L * (count + 1), "weightedSum flags");
+            session.zero(flags, count + 1);
+            CUdeviceptr rowScales = scope.upload(rowScale, "row scales");
+            CUdeviceptr colScales = scope.upload(colScale, "column scales");
+            try (StagingRing.Held output = ring.lockOutput()) {
                 CUdeviceptr sums = ring.outputSlot();
                 for (StagingRing.Tile tile : ring.tiles(rows, cols)) {
                     session.zero(sums, (long) tile.rows() * tile.cols());
@@ -176,34 +222,34 @@ public final class CudaKernels implements Kernels {
                             tile.cols(), offset(rowScales, tile.row0()), offset(colScales, tile.col0()), offset(flags, count));
                     ring.download(sums, out, cols, tile);
                 }
-                int[] found = session.readInts(flags, count + 1);
-                if (found[count] == 0) {
-                    return -1;
-                }
-                for (int k = 0; k < count; k++) {
-                    if (found[k] != 0) {
-                        return k;
-                    }
-                }
-                return count; // finite inputs whose weighted sum overflowed
             }
+            int[] found = session.readInts(flags, count + 1);
+            if (found[count] == 0) {
+                return -1;
+            }
+            for (int k = 0; k < count; k++) {
+                if (found[k] != 0) {
+                    return k;
+                }
+            }
+            return count; // finite inputs whose weighted sum overflowed
         }
     }
 
     @Override
     public void pad(float[] out, int rows, int cols, Matrix src, float[] donor) {
-        synchronized (session) {
-            session.makeCurrent();
-            Matrix donorMatrix = donor == null ? null : Matrix.of(donor, rows, cols);
+        session.makeCurrent();
+        Matrix donorMatrix = donor == null ? null : Matrix.of(donor, rows, cols);
+        try (StagingRing.Held output = ring.lockOutput()) {
             CUdeviceptr result = ring.outputSlot();
             for (StagingRing.Tile tile : ring.tiles(rows, cols)) {
                 int r = Math.clamp(src.rows() - tile.row0(), 0, tile.rows());
                 int c = Math.clamp(src.cols() - tile.col0(), 0, tile.cols());
                 int donorRows = donorMatrix == null ? 0 : tile.rows();
-                ring.withStaged(src, tile.row0(), tile.col0(), r, c, staged -> ring.withStaged(donorMatrix, tile.row0(),
-                        tile.col0(), donorRows, tile.cols(), donorTile -> session.launch(PAD, tile.rows(), tile.cols(), result,
-                                tile.cols(), tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), c, r, c, donorTile,
-                                tile.cols())));
+                ring.withStaged(List.of(new StagingRing.Block(src, tile.row0(), tile.col0(), r, c),
+                        new StagingRing.Block(donorMatrix, tile.row0(), tile.col0(), donorRows, tile.cols())),
+                        staged -> session.launch(PAD, tile.rows(), tile.cols(), result, tile.cols(), tile.rows(), tile.cols(),
+                                staged[0], DTypeCode.of(src.dtype()), c, r, c, staged[1], tile.cols()));
                 ring.download(result, out, cols, tile);
             }
         }
@@ -220,79 +266,54 @@ public final class CudaKernels implements Kernels {
 
     /** The device kernel fedlora_all_finite, for data that is on the device (and validated by bin/gpu-check). */
     boolean deviceAllFinite(Matrix src) {
-        synchronized (session) {
-            session.makeCurrent();
-            try (CudaSession.Scope scope = session.scope()) {
-                CUdeviceptr flag = scope.alloc(4, "allFinite flag");
-                session.zero(flag, 1);
-                for (StagingRing.Tile tile : ring.tiles(src.rows(), src.cols())) {
-                    ring.withStaged(src, tile.row0(), tile.col0(), tile.rows(), tile.cols(), staged -> session.launch(ALL_FINITE,
-                            tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), tile.cols(), tile.rows(), tile.cols(),
-                            flag));
-                }
-                return session.readInts(flag, 1)[0] == 0;
+        session.makeCurrent();
+        try (CudaSession.Scope scope = session.scope()) {
+            CUdeviceptr flag = scope.alloc(4, "allFinite flag");
+            session.zero(flag, 1);
+            for (StagingRing.Tile tile : ring.tiles(src.rows(), src.cols())) {
+                ring.withStaged(src, tile.row0(), tile.col0(), tile.rows(), tile.cols(), staged -> session.launch(ALL_FINITE,
+                        tile.rows(), tile.cols(), staged, DTypeCode.of(src.dtype()), tile.cols(), tile.rows(), tile.cols(),
+                        flag));
             }
+            return session.readInts(flag, 1)[0] == 0;
         }
     }
 
     /**
-     * {@code ||B A||_F^2 = sum((A A^T) .* (B^T B))}: cuBLAS builds both r x r Gram matrices from
-     * slot-sized bands (column bands of A, row bands of B, summed with beta = 1), and the host
-     * sums their elementwise product in double (r^2 values, not worth a kernel). Each element of
-     * A and B crosses PCIe once. Needs cuBLAS; without it, fails saying so before touching the device.
+     * On the host, by the CPU kernels (vector, else scalar), so that NORM needs no cuBLAS and
+     * each client crosses PCIe once per operation, for its weighted sum (the facade screens a
+     * NORM client through this method, then accumulates it). The device route it replaces
+     * uploaded A and B for two cuBLAS Sgemm Grams, then uploaded them again for the sum.
+     *
+     * <p>Measured ({@code HostGramRate} in the test sources; vector kernels, 2026-12-01, the
+     * shared 2-core build machine under a load of 4, so noisy): Llama modules 4096 x 4096 and
+     * 11008 x 4096, r = 8..64, best of 15 after warm-up: 0.8-1.5 GB/s of BF16 factor data and
+     * 1.3-2.6 GB/s of F32 on one thread (two threads were no faster on that loaded machine);
+     * about 0.1-2.8 ms per module. The rate hardly depends on r, which suggests the time goes into
+     * converting and transposing A rather than into the r / 2 FMAs per element. PCIe 5 x16 moves about 55 GB/s
+     * (DESIGN §7): a second upload of the same module would take 2-70 us, so on a real GPU the
+     * device Gram from the same upload as the sum would be the faster route, by 20-70x per byte
+     * against one core here. It needs an SPI operation that keeps the client on the device
+     * between its norm and its add (the weight is the norm), which is the follow-up. Until then
+     * the host route is what the vector backend runs too, so a forced-CUDA NORM round costs
+     * the vector backend's Gram plus one PCIe pass, and {@link CudaAutoRule} sends NORM to the
+     * vector backend. Bit for bit the vector backend's norm at the same thread count. Touches
+     * no device state, so it takes no lock.
      */
     @Override
     public double loraNormSquared(Matrix a, Matrix b) {
-        synchronized (session) {
-            session.makeCurrent();
-            String operation = "loraNormSquared (NORM weights)";
-            dense.require(operation);
-            int r = a.rows(), n = a.cols(), m = b.rows();
-            if (r > ring.slotFloats()) {
-                throw new IllegalStateException("rank " + r + " exceeds the CUDA staging slot of " + ring.slotFloats()
-                        + " floats; the device has too little free memory");
-            }
-            try (CudaSession.Scope scope = session.scope()) {
-                CUdeviceptr gramA = scope.alloc(4L * r * r, "Gram matrix A A^T");
-                CUdeviceptr gramB = scope.alloc(4L * r * r, "Gram matrix B^T B");
-                // A's row-major [r, w] band is a column-major w x r matrix X: A A^T = X^T X.
-                int bandCols = Math.max(1, ring.slotFloats() / r);
-                for (int c0 = 0; c0 < n; c0 += bandCols) {
-                    int w = Math.min(bandCols, n - c0);
-                    boolean accumulate = c0 > 0;
-                    ring.withStaged(a, 0, c0, r, w, staged -> dense.gram(operation, asFloat(staged, a.dtype(), r, w), w, r, w,
-                            true, accumulate, gramA));
-                }
-                // B's row-major [h, r] band is a column-major r x h matrix Y: B^T B = Y Y^T.
-                for (int r0 = 0; r0 < m; r0 += bandCols) {
-                    int h = Math.min(bandCols, m - r0);
-                    boolean accumulate = r0 > 0;
-                    ring.withStaged(b, r0, 0, h, r, staged -> dense.gram(operation, asFloat(staged, b.dtype(), h, r), r, r, h,
-                            false, accumulate, gramB));
-                }
-                float[] aat = session.readFloats(gramA, r * r), btb = session.readFloats(gramB, r * r);
-                double sum = 0;
-                for (int i = 0; i < aat.length; i++) {
-                    sum += (double) aat[i] * btb[i];
-                }
-                return sum;
-            }
-        }
+        return host.loraNormSquared(a, b);
     }
 
-    /** cuBLAS reads float32 only: a BF16/F16 tile is converted into the output slot first. */
-    private CUdeviceptr asFloat(CUdeviceptr staged, DType dtype, int rows, int cols) {
-        if (dtype == DType.F32) {
-            return staged;
-        }
-        CUdeviceptr converted = ring.outputSlot();
-        session.launch(CONVERT, rows, cols, converted, cols, staged, DTypeCode.of(dtype), cols, rows, cols);
-        return converted;
-    }
-
-    /** Frees the accumulators still open, then everything the device session created; the first failure is thrown. */
+    /**
+     * Waits for operations that are staging data, then frees the accumulators still open and
+     * everything the device session created; the first failure is thrown. Operations started
+     * after close fail ("the CUDA backend is closed").
+     */
     @Override
     public void close() {
+        // Operations still packing hold staging slots without the device lock: let them finish first.
+        ring.drain();
         synchronized (session) {
             if (closed) {
                 return;
@@ -304,6 +325,7 @@ public final class CudaKernels implements Kernels {
                 teardown.run(accumulator::close);
             }
             teardown.run(dense::close);
+            teardown.run(host::close);
             teardown.run(ring::close);
             teardown.run(session::close);
             teardown.rethrow();

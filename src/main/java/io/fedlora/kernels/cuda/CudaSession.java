@@ -57,7 +57,12 @@ import jcuda.driver.JITOptions;
  * The device session: the device's primary context, the PTX module with its cached functions
  * and their parameter sizes, the two streams, device memory, synchronous copies of small arrays
  * and kernel launches (the one place that decides launch geometry). Every driver call's result
- * is checked ({@link CudaFailure#check}). Not thread-safe: {@link CudaKernels} serialises callers.
+ * is checked ({@link CudaFailure#check}).
+ *
+ * <p>Its monitor is the device lock (see {@link CudaKernels}): the methods that allocate, free,
+ * queue work or change launch geometry hold it for the call; the waits ({@link #synchronize},
+ * {@link #readInts}, {@link #readFloats}) do not, since the driver lets any thread wait for a
+ * stream while others queue to it. {@link #makeCurrent} is per thread and needs no lock.
  */
 final class CudaSession implements AutoCloseable {
 
@@ -77,7 +82,7 @@ final class CudaSession implements AutoCloseable {
     private static final int JIT_LOG_BYTES = 8192;
 
     private final CUdevice device = new CUdevice();
-    private CUcontext context;
+    private volatile CUcontext context;
     private CUmodule module;
     private final Map<String, CUfunction> functions = new HashMap<>();
     private Map<String, int[]> parameterSizes = Map.of();
@@ -200,7 +205,7 @@ final class CudaSession implements AutoCloseable {
         return stream;
     }
 
-    CUevent event() {
+    synchronized CUevent event() {
         CUevent event = new CUevent();
         check(cuEventCreate(event, CUevent_flags.CU_EVENT_DISABLE_TIMING), "cuEventCreate");
         return event;
@@ -229,10 +234,14 @@ final class CudaSession implements AutoCloseable {
 
     /** JCuda's current context is per thread; every entry point makes ours current first. */
     void makeCurrent() {
-        check(cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        CUcontext current = context;
+        if (current == null) {
+            throw new IllegalStateException("the CUDA backend is closed");
+        }
+        check(cuCtxSetCurrent(current), "cuCtxSetCurrent");
     }
 
-    long freeBytes() {
+    synchronized long freeBytes() {
         long[] free = new long[1], total = new long[1];
         check(cuMemGetInfo(free, total), "cuMemGetInfo");
         return free[0];
@@ -241,7 +250,7 @@ final class CudaSession implements AutoCloseable {
     // ---- memory --------------------------------------------------------------------------------
 
     /** Device memory, or IllegalStateException naming what needed it and what was free. */
-    CUdeviceptr alloc(long bytes, String what) {
+    synchronized CUdeviceptr alloc(long bytes, String what) {
         CUdeviceptr pointer = new CUdeviceptr();
         int result = cuMemAlloc(pointer, Math.max(bytes, 4));
         if (result == CUresult.CUDA_ERROR_OUT_OF_MEMORY) {
@@ -253,7 +262,7 @@ final class CudaSession implements AutoCloseable {
     }
 
     /** Frees one allocation after the work that may still read it. */
-    void free(CUdeviceptr pointer) {
+    synchronized void free(CUdeviceptr pointer) {
         check(cuMemFree(pointer), "cuMemFree");
     }
 
@@ -277,6 +286,7 @@ final class CudaSession implements AutoCloseable {
                 return null;
             }
             CUdeviceptr pointer = alloc((long) values.length * Float.BYTES, what);
+            // Synchronous, so outside the device lock: it waits for the legacy stream's barrier.
             check(cuMemcpyHtoD(pointer, Pointer.to(values), (long) values.length * Float.BYTES), "cuMemcpyHtoD(" + what + ")");
             return pointer;
         }
@@ -305,7 +315,7 @@ final class CudaSession implements AutoCloseable {
         return new Scope();
     }
 
-    void zero(CUdeviceptr pointer, long floats) {
+    synchronized void zero(CUdeviceptr pointer, long floats) {
         check(cuMemsetD32Async(pointer, 0, floats, computeStream), "cuMemsetD32Async");
     }
 
@@ -335,7 +345,7 @@ final class CudaSession implements AutoCloseable {
     // ---- launches --------------------------------------------------------------------------------
 
     /** For bin/gpu-check's per-kernel harness: the block size of every later launch (a multiple of 32, at most 1024). */
-    void threadsPerBlock(int threads) {
+    synchronized void threadsPerBlock(int threads) {
         if (threads < 32 || threads > 1024 || threads % 32 != 0) {
             throw new IllegalArgumentException("threads per block must be a multiple of 32 in [32, 1024], got " + threads);
         }
@@ -349,7 +359,7 @@ final class CudaSession implements AutoCloseable {
      * against the kernel's {@code .param} list in the PTX: a Java int where the kernel takes a
      * pointer would otherwise be read as garbage on the device.
      */
-    void launch(String kernel, int rows, int cols, Object... args) {
+    synchronized void launch(String kernel, int rows, int cols, Object... args) {
         if (rows <= 0 || cols <= 0) {
             return;
         }

@@ -12,8 +12,9 @@ import jcuda.runtime.cudaStream_t;
 
 /**
  * The dense linear algebra of the CUDA backend (cuBLAS through JCublas2), loaded on first use
- * and only by the operations that need it: the Gram matrices behind NORM weights today, the
- * product-space GEMMs (DESIGN §9) next. JCublas2's native library needs {@code libcublas.so.12};
+ * and only by the operations that need it: the product-space Grams and back-projections (DESIGN
+ * §9, {@link CudaGram}); NORM's Gram matrices run on the host (CudaKernels.loraNormSquared).
+ * JCublas2's native library needs {@code libcublas.so.12};
  * where it is missing (a driver-only GPU container) every other operation still runs on CUDA and
  * an operation that needs this class fails with an {@link UnsupportedOperationException} saying
  * what is missing. All JCublas2 references live here, so that loading the rest of the backend
@@ -79,20 +80,6 @@ final class DenseAlgebra implements AutoCloseable {
     }
 
     /**
-     * C (r x r, column-major) = X^T X when {@code transposeFirst}, else X X^T, plus C when
-     * {@code accumulate}, where X is column-major with leading dimension ld: {@code inner x r}
-     * or {@code r x inner}. Queued on the compute stream, float32 (the kernels' data type).
-     */
-    void gram(String operation, CUdeviceptr x, int ld, int r, int inner, boolean transposeFirst, boolean accumulate, CUdeviceptr c) {
-        cublasHandle blas = handle(operation);
-        Pointer one = Pointer.to(new float[] {1f});
-        Pointer beta = Pointer.to(new float[] {accumulate ? 1f : 0f});
-        int first = transposeFirst ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N;
-        int second = transposeFirst ? cublasOperation.CUBLAS_OP_N : cublasOperation.CUBLAS_OP_T;
-        check(JCublas2.cublasSgemm(blas, first, second, r, r, inner, one, x, ld, x, ld, beta, c, r), "cublasSgemm");
-    }
-
-    /**
      * {@code C = alpha op(A) op(B) + beta C} in float64, column-major host arrays (op(A) is
      * {@code m x k}, op(B) {@code k x n}, C {@code m x n}); returns C. For the product-space
      * algebra (DESIGN §9: stacked Gram blocks, the SVD's back-projections), whose float64 accuracy
@@ -100,12 +87,10 @@ final class DenseAlgebra implements AutoCloseable {
      */
     double[] gemm(String operation, boolean transA, boolean transB, int m, int n, int k, double alpha, double[] a, int lda,
             double[] b, int ldb, double beta, double[] c, int ldc) {
-        cublasHandle blas = handle(operation);
+        handle(operation);
         try (CudaSession.Scope scope = session.scope()) {
             CUdeviceptr da = upload(scope, a, "GEMM A"), db = upload(scope, b, "GEMM B"), dc = upload(scope, c, "GEMM C");
-            check(JCublas2.cublasDgemm(blas, transA ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N,
-                    transB ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, m, n, k, Pointer.to(new double[] {alpha}),
-                    da, lda, db, ldb, Pointer.to(new double[] {beta}), dc, ldc), "cublasDgemm");
+            dgemm(operation, transA, transB, m, n, k, alpha, da, lda, db, ldb, beta, dc, ldc);
             return download(dc, c.length);
         }
     }
@@ -118,24 +103,53 @@ final class DenseAlgebra implements AutoCloseable {
      */
     double[] syrk(String operation, boolean upper, boolean transA, int n, int k, double alpha, double[] a, int lda, double beta,
             double[] c, int ldc) {
-        cublasHandle blas = handle(operation);
+        handle(operation);
         try (CudaSession.Scope scope = session.scope()) {
             CUdeviceptr da = upload(scope, a, "SYRK A"), dc = upload(scope, c, "SYRK C");
-            check(JCublas2.cublasDsyrk(blas, upper ? cublasFillMode.CUBLAS_FILL_MODE_UPPER : cublasFillMode.CUBLAS_FILL_MODE_LOWER,
-                    transA ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, n, k, Pointer.to(new double[] {alpha}), da,
-                    lda, Pointer.to(new double[] {beta}), dc, ldc), "cublasDsyrk");
+            dsyrk(operation, upper, transA, n, k, alpha, da, lda, beta, dc, ldc);
             return download(dc, c.length);
         }
     }
 
+    /**
+     * {@link #gemm} on device memory, queued on the compute stream. Float64 throughout: the handle
+     * keeps CUBLAS_DEFAULT_MATH (no math mode is ever set here), under which the D-routines compute
+     * in IEEE float64 (FP64 units or FP64 tensor cores); TF32 (CUBLAS_TF32_TENSOR_OP_MATH) applies
+     * to single-precision routines only, and newer cuBLAS's FP64 emulation is an opt-in math mode.
+     */
+    void dgemm(String operation, boolean transA, boolean transB, int m, int n, int k, double alpha, CUdeviceptr a, int lda,
+            CUdeviceptr b, int ldb, double beta, CUdeviceptr c, int ldc) {
+        check(JCublas2.cublasDgemm(handle(operation), transA ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N,
+                transB ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, m, n, k, Pointer.to(new double[] {alpha}),
+                a, lda, b, ldb, Pointer.to(new double[] {beta}), c, ldc), "cublasDgemm");
+    }
+
+    /** {@link #syrk} on device memory, queued on the compute stream (float64, no TF32: see {@link #dgemm}). */
+    void dsyrk(String operation, boolean upper, boolean transA, int n, int k, double alpha, CUdeviceptr a, int lda, double beta,
+            CUdeviceptr c, int ldc) {
+        check(JCublas2.cublasDsyrk(handle(operation), upper ? cublasFillMode.CUBLAS_FILL_MODE_UPPER
+                : cublasFillMode.CUBLAS_FILL_MODE_LOWER, transA ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, n, k,
+                Pointer.to(new double[] {alpha}), a, lda, Pointer.to(new double[] {beta}), c, ldc), "cublasDsyrk");
+    }
+
     private static CUdeviceptr upload(CudaSession.Scope scope, double[] values, String what) {
         CUdeviceptr pointer = scope.alloc((long) values.length * Double.BYTES, what);
-        CudaFailure.check(JCudaDriver.cuMemcpyHtoD(pointer, Pointer.to(values), (long) values.length * Double.BYTES),
-                "cuMemcpyHtoD(" + what + ")");
+        copyIn(pointer, values, values.length, what);
         return pointer;
     }
 
-    private double[] download(CUdeviceptr from, int count) {
+    /**
+     * The first {@code count} values into device memory. A synchronous copy on the legacy stream:
+     * it waits for the earlier work of the session's blocking streams (a cuBLAS call still reading
+     * the buffer) and later compute-stream work waits for it, so a buffer can be refilled at once.
+     */
+    static void copyIn(CUdeviceptr to, double[] values, int count, String what) {
+        CudaFailure.check(JCudaDriver.cuMemcpyHtoD(to, Pointer.to(values), (long) count * Double.BYTES),
+                "cuMemcpyHtoD(" + what + ")");
+    }
+
+    /** {@code count} doubles from device memory, after the work queued so far. */
+    double[] download(CUdeviceptr from, int count) {
         double[] values = new double[count];
         session.synchronize();
         CudaFailure.check(JCudaDriver.cuMemcpyDtoH(Pointer.to(values), from, (long) count * Double.BYTES), "cuMemcpyDtoH");

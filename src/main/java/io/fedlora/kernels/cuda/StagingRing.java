@@ -14,12 +14,15 @@ import static jcuda.driver.JCudaDriver.cuStreamWaitEvent;
 import io.fedlora.tensor.Matrix;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.locks.ReentrantLock;
 import java.util.function.Consumer;
 import jcuda.Pointer;
 import jcuda.driver.CUdeviceptr;
@@ -36,6 +39,16 @@ import jcuda.driver.CUevent;
  * pinned buffer. Slot 2 holds results on their way back. Work larger than a slot is cut into
  * tiles; the slot size follows the device's free memory ({@code cuMemGetInfo}), which is how a
  * small device ends up computing in more, smaller chunks.
+ *
+ * <p>Locks. Each input slot belongs to one operation at a time ({@link #withStaged} takes a free
+ * one and gives it back), so packing into its pinned buffer, and the wait for its previous
+ * upload, run without the device lock: two threads' operations pack at the same time. The device
+ * lock (the {@link CudaSession} monitor) is held only while the block's copy, its events and the
+ * kernels that read it are queued. The output slot belongs to one operation at a time as well
+ * ({@link #lockOutput}), for as long as it brings tiles back (weightedSum, pad, finish). Order:
+ * output slot, then input slots, then the device lock; nothing waits for a slot or the output
+ * while holding the device lock, and only the holder of the output slot ever holds two input
+ * slots at once, so the order cannot deadlock.
  *
  * <p>Packing (mmap or heap -> pinned) runs on up to {@link #PACKERS} threads for tiles of at
  * least {@link #PARALLEL_PACK_BYTES}: one core copies at roughly 5-10 GB/s, PCIe 5 x16 moves
@@ -62,8 +75,14 @@ final class StagingRing implements AutoCloseable {
     private final Pointer[] hostSlots = new Pointer[SLOTS];
     private final MemorySegment[] hostSegments = new MemorySegment[SLOTS];
     private ExecutorService packers;
-    private int nextInput;
+    /** Input slots no operation holds, least recently released first (one thread alternates between them). */
+    private final ArrayDeque<Integer> freeInputs = new ArrayDeque<>();
+    private final ReentrantLock output = new ReentrantLock();
+    /** Tests only: runs on the packing thread before a block is packed, outside the device lock. */
+    private volatile Consumer<Matrix> packHook;
     private volatile boolean closed;
+    /** Set by {@link #drain}: no operation may take a slot any more. */
+    private boolean stopped;
 
     /** Sizes the slots from the device's free memory; on failure frees what it made and throws. */
     StagingRing(CudaSession session) {
@@ -83,6 +102,9 @@ final class StagingRing implements AutoCloseable {
                 check(cuMemHostAlloc(host, slotBytes, 0), "cuMemHostAlloc(" + slotBytes + " bytes)");
                 hostSlots[s] = host;
                 hostSegments[s] = MemorySegment.ofBuffer(host.getByteBuffer(0, slotBytes));
+            }
+            for (int s = 0; s < OUTPUT_SLOT; s++) {
+                freeInputs.add(s);
             }
         } catch (RuntimeException e) {
             try {
@@ -123,32 +145,145 @@ final class StagingRing implements AutoCloseable {
         return tiles;
     }
 
-    /**
-     * The one stage -> launch -> release step: packs {@code src}'s {@code rows x cols} block at
-     * (row0, col0) into the next input slot and queues its upload, hands the device copy (dense,
-     * row stride {@code cols}, in the source's dtype) to {@code kernels}, which queue the work
-     * that reads it, then marks the slot free once that work has run. An empty block stages
-     * nothing and hands null.
-     */
-    void withStaged(Matrix src, int row0, int col0, int rows, int cols, Consumer<CUdeviceptr> kernels) {
-        if (rows <= 0 || cols <= 0) {
-            kernels.accept(null);
-            return;
+    /** A block of a source to stage: {@code rows x cols} at (row0, col0); empty when rows or cols is not positive. */
+    record Block(Matrix src, int row0, int col0, int rows, int cols) {
+        boolean empty() {
+            return src == null || rows <= 0 || cols <= 0;
         }
-        int slot = nextInput;
-        nextInput ^= 1;
-        CUdeviceptr staged = stage(slot, src, row0, col0, rows, cols);
-        kernels.accept(staged);
-        check(cuEventRecord(consumed[slot], session.computeStream()), "cuEventRecord(consumed)");
     }
 
-    private CUdeviceptr stage(int slot, Matrix src, int row0, int col0, int rows, int cols) {
-        // The slot's previous upload has left the pinned buffer.
+    /**
+     * The one stage -> launch -> release step: packs {@code src}'s {@code rows x cols} block at
+     * (row0, col0) into a free input slot and queues its upload, hands the device copy (dense,
+     * row stride {@code cols}, in the source's dtype) to {@code kernels}, which queue the work
+     * that reads it, then marks the slot free once that work has run. An empty block stages
+     * nothing and hands null. {@code kernels} runs under the device lock; the packing does not.
+     */
+    void withStaged(Matrix src, int row0, int col0, int rows, int cols, Consumer<CUdeviceptr> kernels) {
+        withStaged(List.of(new Block(src, row0, col0, rows, cols)), staged -> kernels.accept(staged[0]));
+    }
+
+    /**
+     * {@link #withStaged(Matrix, int, int, int, int, Consumer)} for several blocks whose kernels
+     * read them together (pad: the source and the donor). More than one non-empty block only
+     * while holding the output slot (see the class comment: that keeps the lock order).
+     */
+    void withStaged(List<Block> blocks, Consumer<CUdeviceptr[]> kernels) {
+        int count = blocks.size();
+        int[] slots = new int[count];
+        Arrays.fill(slots, -1);
+        CUdeviceptr[] staged = new CUdeviceptr[count];
+        try {
+            for (int i = 0; i < count; i++) {
+                Block block = blocks.get(i);
+                if (block.empty()) {
+                    continue;
+                }
+                if (i > 0 && !output.isHeldByCurrentThread()) {
+                    throw new IllegalStateException("staging several blocks at once needs the output slot");
+                }
+                slots[i] = acquireInput();
+                packInto(slots[i], block);
+            }
+            synchronized (session) {
+                for (int i = 0; i < count; i++) {
+                    if (slots[i] >= 0) {
+                        staged[i] = upload(slots[i], blocks.get(i));
+                    }
+                }
+                kernels.accept(staged);
+                for (int slot : slots) {
+                    if (slot >= 0) {
+                        check(cuEventRecord(consumed[slot], session.computeStream()), "cuEventRecord(consumed)");
+                    }
+                }
+            }
+        } finally {
+            for (int slot : slots) {
+                if (slot >= 0) {
+                    releaseInput(slot);
+                }
+            }
+        }
+    }
+
+    /** Takes a free input slot, waiting while other operations hold both. */
+    private int acquireInput() {
+        synchronized (freeInputs) {
+            while (freeInputs.isEmpty() && !stopped) {
+                try {
+                    freeInputs.wait();
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new IllegalStateException("interrupted while waiting for a CUDA staging slot", e);
+                }
+            }
+            if (stopped) {
+                throw new IllegalStateException("the CUDA backend is closed");
+            }
+            return freeInputs.poll();
+        }
+    }
+
+    /**
+     * Refuses new staging and waits until every operation that holds a slot has given it back,
+     * so that closing never frees pinned memory a packing thread is writing (packing runs
+     * outside the device lock). Call without holding the device lock: a slot's holder needs it
+     * to finish.
+     */
+    void drain() {
+        boolean interrupted = false;
+        synchronized (freeInputs) {
+            stopped = true;
+            freeInputs.notifyAll();
+            while (freeInputs.size() < OUTPUT_SLOT) {
+                try {
+                    freeInputs.wait();
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+        }
+        output.lock(); // the output slot's holder, if any, has finished
+        output.unlock();
+        if (interrupted) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    private void releaseInput(int slot) {
+        synchronized (freeInputs) {
+            freeInputs.add(slot);
+            freeInputs.notifyAll();
+        }
+    }
+
+    /** A held resource, released by close (which throws nothing checked). */
+    interface Held extends AutoCloseable {
+        @Override
+        void close();
+    }
+
+    /** Holds the output slot (device tile buffer and its pinned twin) until closed; see the class comment. */
+    Held lockOutput() {
+        output.lock();
+        return output::unlock;
+    }
+
+    /** Host side of staging, without the device lock: the slot's previous upload has left its pinned buffer, then pack. */
+    private void packInto(int slot, Block block) {
         check(cuEventSynchronize(uploaded[slot]), "cuEventSynchronize(uploaded)");
-        long elementBytes = src.dtype().byteSize();
-        long rowBytes = cols * elementBytes;
-        long bytes = rows * rowBytes;
-        pack(src, row0, col0, rows, rowBytes, hostSegments[slot]);
+        Consumer<Matrix> hook = packHook;
+        if (hook != null) {
+            hook.accept(block.src());
+        }
+        long rowBytes = block.cols() * block.src().dtype().byteSize();
+        pack(block.src(), block.row0(), block.col0(), block.rows(), rowBytes, hostSegments[slot]);
+    }
+
+    /** Device side, under the device lock: queue the packed slot's upload between its two events. */
+    private CUdeviceptr upload(int slot, Block block) {
+        long bytes = block.rows() * block.cols() * block.src().dtype().byteSize();
         // The device is done reading the slot before the copy overwrites it.
         check(cuStreamWaitEvent(session.copyStream(), consumed[slot], 0), "cuStreamWaitEvent(consumed)");
         check(cuMemcpyHtoDAsync(deviceSlots[slot], hostSlots[slot], bytes, session.copyStream()), "cuMemcpyHtoDAsync");
@@ -156,6 +291,11 @@ final class StagingRing implements AutoCloseable {
         // The kernels that read the slot run after its upload.
         check(cuStreamWaitEvent(session.computeStream(), uploaded[slot], 0), "cuStreamWaitEvent(uploaded)");
         return deviceSlots[slot];
+    }
+
+    /** Tests only: {@code hook} runs before each block is packed, on the operation's thread, outside the device lock. */
+    void packHook(Consumer<Matrix> hook) {
+        packHook = hook;
     }
 
     /** Copies rows of src densely into pinned memory; large blocks are split by rows across the packing threads. */
@@ -233,10 +373,16 @@ final class StagingRing implements AutoCloseable {
         return deviceSlots[OUTPUT_SLOT];
     }
 
-    /** Copies a tile from the device into {@code out} (row stride {@code outCols}); waits for it. */
+    /**
+     * Copies a tile from the device into {@code out} (row stride {@code outCols}); waits for it.
+     * Needs the output slot ({@link #lockOutput}); queues under the device lock, waits without it.
+     */
     void download(CUdeviceptr from, float[] out, int outCols, Tile tile) {
         long rowBytes = (long) tile.cols() * Float.BYTES;
-        check(cuMemcpyDtoHAsync(hostSlots[OUTPUT_SLOT], from, tile.rows() * rowBytes, session.computeStream()), "cuMemcpyDtoHAsync");
+        synchronized (session) {
+            check(cuMemcpyDtoHAsync(hostSlots[OUTPUT_SLOT], from, tile.rows() * rowBytes, session.computeStream()),
+                    "cuMemcpyDtoHAsync");
+        }
         check(cuStreamSynchronize(session.computeStream()), "cuStreamSynchronize(compute stream)");
         MemorySegment pinned = hostSegments[OUTPUT_SLOT];
         for (int i = 0; i < tile.rows(); i++) {
@@ -252,6 +398,10 @@ final class StagingRing implements AutoCloseable {
             return;
         }
         closed = true;
+        synchronized (freeInputs) {
+            stopped = true;
+            freeInputs.notifyAll();
+        }
         CudaSession.Teardown teardown = new CudaSession.Teardown();
         teardown.run(session::synchronize);
         for (int s = 0; s < SLOTS; s++) {

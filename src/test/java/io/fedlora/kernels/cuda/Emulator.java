@@ -12,7 +12,8 @@ import java.util.Optional;
 /**
  * The device emulator's test hooks (native/README.md), reached through the FFM API in the
  * libcuda.so.1 the process loaded: the scheduler seed, failure injection, the live-allocation
- * count and the last error. Absent on a real driver, where the tests that need them are skipped.
+ * count, the host-to-device byte counters and the last error. Absent on a real driver, where the
+ * tests that need them are skipped.
  */
 final class Emulator {
     private static final Linker LINKER = Linker.nativeLinker();
@@ -73,6 +74,20 @@ final class Emulator {
     static int liveObjects() {
         try {
             return (int) handle("fedlora_emu_live_objects", FunctionDescriptor.of(ValueLayout.JAVA_INT)).invokeExact();
+        } catch (Throwable t) {
+            throw new AssertionError(t);
+        }
+    }
+
+    /**
+     * Bytes accepted by host-to-device copies since the emulator loaded: {@code cuMemcpyHtoDAsync}
+     * (the staging ring's uploads of client data) when {@code asynchronous}, else the synchronous
+     * {@code cuMemcpyHtoD} (small arrays: scales).
+     */
+    static long htodBytes(boolean asynchronous) {
+        try {
+            return (long) handle("fedlora_emu_htod_bytes", FunctionDescriptor.of(ValueLayout.JAVA_LONG, ValueLayout.JAVA_INT))
+                    .invokeExact(asynchronous ? 1 : 0);
         } catch (Throwable t) {
             throw new AssertionError(t);
         }
