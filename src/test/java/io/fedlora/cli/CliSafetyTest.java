@@ -368,16 +368,25 @@ class CliSafetyTest {
     void aSignalWhileWritingRemovesWhatTheRunCreatedAndKeepsTheOldOutput(String signal) throws Exception {
         List<Path> c = bigOutputClients();
         Path out = outs.resolve("global");
-        assertEquals(0, cli(aggregate(out, c)).status());
-        Map<String, String> before = snapshot(tmp);
-        Path log = tmp.resolve("child.log");
-        Process p = child(log, aggregate(out, c, "--force", "--rank", "2048"));
-        awaitWriting(p, outs, log);
-        assertEquals(0, new ProcessBuilder("kill", "-" + signal, String.valueOf(p.pid())).start().waitFor());
-        assertTrue(p.waitFor(60, TimeUnit.SECONDS));
-        Files.delete(log);
-        assertEquals(signal.equals("TERM") ? 143 : 130, p.exitValue(), "ended by SIG" + signal);
-        assertEquals(before, snapshot(tmp), "old output and inputs as they were, nothing added");
+        // On a loaded machine the child can finish between the moment it is seen writing and the
+        // signal's arrival (it then exits 0 with the new output published, which is correct); such
+        // an attempt proves nothing, so the old output is written again and the signal retried.
+        for (int attempt = 1; ; attempt++) {
+            assertEquals(0, cli(aggregate(out, c, "--force")).status());
+            Map<String, String> before = snapshot(tmp);
+            Path log = tmp.resolve("child.log");
+            Process p = child(log, aggregate(out, c, "--force", "--rank", "2048"));
+            awaitWriting(p, outs, log);
+            assertEquals(0, new ProcessBuilder("kill", "-" + signal, String.valueOf(p.pid())).start().waitFor());
+            assertTrue(p.waitFor(60, TimeUnit.SECONDS));
+            Files.delete(log);
+            if (p.exitValue() == 0 && attempt < 5) {
+                continue;
+            }
+            assertEquals(signal.equals("TERM") ? 143 : 130, p.exitValue(), "ended by SIG" + signal + " (attempt " + attempt + ")");
+            assertEquals(before, snapshot(tmp), "old output and inputs as they were, nothing added");
+            return;
+        }
     }
 
     @Test
