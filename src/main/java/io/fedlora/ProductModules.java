@@ -44,7 +44,7 @@ final class ProductModules {
     }
 
     /**
-     * SVD: the best rank-R approximation of the weighted average, FlexLoRA split, written with the
+     * SVD: the best rank-R approximation of the weighted average, split by {@link Policy#split()}, written with the
      * policy's global scale at rank R when folding (else 1). STACK: FLoRA's exact stack at rank
      * {@code S = sum r_k} (the global rank does not apply), A's rows times {@code w_k s_k / s_out},
      * {@code s_out} the global scale at rank S when folding (PEFT's {@code cat} is {@code lora_alpha = S}).
@@ -57,7 +57,7 @@ final class ProductModules {
         if (policy.strategy() == Strategy.SVD) {
             int rank = rank(policy, clients);
             double outScale = policy.folds() ? policy.foldScale().of(module, rank) : 1;
-            LowRank lr = space.svd(module, clients, rank, Split.FLEXLORA, outScale, Fill.ORTH);
+            LowRank lr = space.svd(module, clients, rank, policy.split(), outScale, Fill.ORTH);
             out.put(first.keyA(), Tensor.of(lr.a(), rank, n));
             out.put(first.keyB(), Tensor.of(lr.b(), m, rank));
         } else {
