@@ -57,7 +57,7 @@ final class AggregateCommand implements Callable<Integer> {
             description = "How --strategy svd splits U Sigma V^T into LoRA factors (same scale * B A either way; "
                     + "continued training differs): flexlora (default, FlexLoRA / PEFT svd): B = U Sigma / s, "
                     + "A = V^T; balanced (PiSSA-like): B = U (Sigma / s)^1/2, A = (Sigma / s)^1/2 V^T; "
-                    + "s the output's LoRA scale. Only with --strategy svd (an error otherwise).")
+                    + "s the global LoRA scale with --scale fold, else 1. Only with --strategy svd (an error otherwise).")
     Split split;
 
     @Option(names = "--weights", split = ",", paramLabel = "w1,w2,...",
