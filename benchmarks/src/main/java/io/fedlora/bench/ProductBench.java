@@ -61,17 +61,12 @@ public class ProductBench {
 
     @Setup(Level.Trial)
     public void setUp() {
-        int m = switch (shape) {
-            case "distilbert" -> 768;
-            case "llama-attn" -> 4096;
-            case "llama-mlp" -> 11008;
-            default -> throw new IllegalArgumentException("unknown shape " + shape);
-        };
-        int n = "distilbert".equals(shape) ? 768 : 4096;
-        Random rnd = new Random(11);
+        int m = rows(shape), n = cols(shape);
+        int[] ranks = ranks(clients);
+        Random rnd = new Random(12);
         factors = new ArrayList<>();
         for (int k = 0; k < clients; k++) {
-            int r = 8 + rnd.nextInt(57);
+            int r = ranks[k];
             rank = Math.max(rank, r);
             float[] a = new float[r * n], b = new float[m * r];
             for (int i = 0; i < a.length; i++) {
@@ -84,6 +79,53 @@ public class ProductBench {
         }
         space = new ProductSpace(ProductSpace.gramKernelsFor(backend), Runtime.getRuntime().availableProcessors());
         grams = space.grams("bench", factors);
+    }
+
+    static int rows(String shape) {
+        return switch (shape) {
+            case "distilbert" -> 768;
+            case "llama-attn" -> 4096;
+            case "llama-mlp" -> 11008;
+            default -> throw new IllegalArgumentException("unknown shape " + shape);
+        };
+    }
+
+    static int cols(String shape) {
+        return "distilbert".equals(shape) ? 768 : 4096;
+    }
+
+    /** The clients' ranks, uniform in 8..64, seeded: the same for every shape and method. */
+    static int[] ranks(int clients) {
+        Random rnd = new Random(11);
+        int[] ranks = new int[clients];
+        for (int k = 0; k < clients; k++) {
+            ranks[k] = 8 + rnd.nextInt(57);
+        }
+        return ranks;
+    }
+
+    /**
+     * The Gram matrices' floating-point operations, {@code (m + n) S^2} (two symmetric rank-S
+     * updates, upper triangles: {@code rows x S (S + 1)} multiply-adds each): the part of every
+     * method here that grows with the data. The SVD adds {@code 2 (m + n) S R} for the output
+     * products and an {@code O(S^3)} core; only the Grams are counted, so GFLOP/s of svd and
+     * fidelity understate their arithmetic rate.
+     */
+    static double gramFlops(String shape, int clients) {
+        long s = 0;
+        for (int r : ranks(clients)) {
+            s += r;
+        }
+        return (double) (rows(shape) + cols(shape)) * s * (s + 1);
+    }
+
+    /** Bytes of factor data read: the clients' float32 A and B, once. */
+    static long factorBytes(String shape, int clients) {
+        long s = 0;
+        for (int r : ranks(clients)) {
+            s += r;
+        }
+        return 4L * (rows(shape) + cols(shape)) * s;
     }
 
     @TearDown(Level.Trial)

@@ -210,7 +210,56 @@ public final class Report {
         vectorOverScalar(md, aggregate);
         padding(md, select(results, r -> r.type().equals("PadBench")));
         kernels(md, select(results, r -> r.type().equals("KernelBench")), triad);
+        product(md, select(results, r -> r.type().equals("ProductBench")), select(results, r -> r.type().equals("FlopsBench")));
         return md.toString();
+    }
+
+    /**
+     * Issue 11: product-space times of one module against the machine's float64 FMA peak measured
+     * in the same run (FlopsBench), the memory each needs, and the dense alternative's floor: one
+     * {@code m x n} product per client ({@code 2 m n r_k}) plus a thin SVD of the {@code m x n}
+     * average (R-SVD, {@code 6 m n^2 + 20 n^3} for {@code m >= n}, Golub and Van Loan), at 100% of the
+     * same peak, which no LAPACK reaches.
+     */
+    static void product(StringBuilder md, List<Result> product, List<Result> flops) {
+        if (product.isEmpty()) {
+            return;
+        }
+        int cores = Runtime.getRuntime().availableProcessors();
+        double peak = flops.stream().mapToDouble(r -> FlopsBench.flops(cores) / (r.ms() * 1e-3) / 1e9).max().orElse(Double.NaN);
+        md.append("## Product space (issue 11)\n\n");
+        if (!flops.isEmpty()) {
+            md.append("float64 FMA peak, ").append(cores).append(" cores, ").append(FlopsBench.SPECIES.length())
+                    .append(" lanes: ");
+            for (int i = 0; i < flops.size(); i++) {
+                md.append(i == 0 ? "" : ", ").append(f1(FlopsBench.flops(cores) / (flops.get(i).ms() * 1e-3) / 1e9));
+            }
+            md.append(" GFLOP/s (best taken as the peak).\n\n");
+        }
+        md.append("One module; ranks uniform in 8..64 (seeded), S = sum r_k, R = max r_k. GFLOP counts the Gram matrices only, "
+                + "(m + n) S (S + 1), so svd's and fidelity's GFLOP/s understate their rate. Memory: the clients' float32 factors "
+                + "(read in place) and the two float64 S x S Grams the method adds.\n\n");
+        md.append("| shape | K | S | method | time (ms) | ± | GFLOP | GFLOP/s | % peak | factors (MB) | Grams (MB) "
+                + "| dense floor (s) |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for (Result r : product) {
+            String shape = r.p("shape");
+            int k = r.clients();
+            long stack = 0;
+            for (int rank : ProductBench.ranks(k)) {
+                stack += rank;
+            }
+            double gflop = ProductBench.gramFlops(shape, k) / 1e9;
+            double rate = gflop / (r.ms() * 1e-3);
+            double m = ProductBench.rows(shape), n = ProductBench.cols(shape);
+            double dense = 2 * m * n * stack + 6 * Math.max(m, n) * Math.min(m, n) * Math.min(m, n) + 20 * Math.pow(Math.min(m, n), 3);
+            md.append("| ").append(shape).append(" | ").append(k).append(" | ").append(stack).append(" | ").append(r.method())
+                    .append(" | ").append(g3(r.ms())).append(" | ").append(Double.isFinite(r.errorMs()) ? g3(r.errorMs()) : "")
+                    .append(" | ").append(f1(gflop)).append(" | ").append(f1(rate)).append(" | ")
+                    .append(Double.isFinite(peak) ? pct(rate / peak) : "").append(" | ")
+                    .append(f1(ProductBench.factorBytes(shape, k) / 1e6)).append(" | ").append(f1(2.0 * stack * stack * 8 / 1e6))
+                    .append(" | ").append(Double.isFinite(peak) ? f1(dense / 1e9 / peak) : "").append(" |\n");
+        }
+        md.append('\n');
     }
 
     /**

@@ -16,6 +16,7 @@ import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.Mode;
 import org.openjdk.jmh.results.RunResult;
 import org.openjdk.jmh.results.format.ResultFormatFactory;
 import org.openjdk.jmh.results.format.ResultFormatType;
@@ -31,24 +32,32 @@ import org.openjdk.jmh.runner.options.TimeValue;
  * beside it with the date, CPU and JVM. Plans: full (the committed results, ~20 minutes on 2
  * cores), issue2 (the lead's configuration and the triad only), issue8 (batch and streaming
  * REPLICATION rounds of 16 clients on both Llama modules, ranks 8..64 and {8, 16, 32, 64}, between
- * two triads), smoke (CI: every benchmark once, smallest shapes; fails when one did not produce a
+ * two triads), issue11 (product space: the FMA peak, SVD / Grams / fidelity of 16 and 100 Llama-shaped
+ * clients), smoke (CI: every benchmark once, smallest shapes; fails when one did not produce a
  * score).
  *
- * <p>Usage: {@code Suite full|issue2|issue8|smoke OUTPUT.json}
+ * <p>Usage: {@code Suite full|issue2|issue8|issue11|smoke OUTPUT.json}
  */
 public final class Suite {
     private Suite() {
     }
 
-    /** A slice of the grid: which benchmarks, and the parameter values that replace the defaults. */
-    record Slice(String include, Map<String, String[]> params) {
+    /**
+     * A slice of the grid: which benchmarks, and the parameter values that replace the defaults;
+     * {@code singleShot} measures one call (no warm-up), for operations that take minutes.
+     */
+    record Slice(String include, Map<String, String[]> params, boolean singleShot) {
+        Slice(String include, Map<String, String[]> params) {
+            this(include, params, false);
+        }
     }
 
-    static final Class<?>[] BENCHMARKS = {AggregateBench.class, PadBench.class, TriadBench.class, KernelBench.class};
+    static final Class<?>[] BENCHMARKS = {AggregateBench.class, PadBench.class, TriadBench.class, KernelBench.class,
+            ProductBench.class, FlopsBench.class};
 
     public static void main(String[] args) throws RunnerException, IOException {
         if (args.length != 2) {
-            System.err.println("usage: Suite full|issue2|issue8|smoke OUTPUT.json");
+            System.err.println("usage: Suite full|issue2|issue8|issue11|smoke OUTPUT.json");
             System.exit(2);
         }
         String plan = args[0];
@@ -60,7 +69,9 @@ public final class Suite {
         long started = System.nanoTime();
         for (Slice slice : slices) {
             ChainedOptionsBuilder options = new OptionsBuilder().include(slice.include()).forks(1).shouldFailOnError(true);
-            if (smoke) {
+            if (slice.singleShot()) {
+                options.mode(Mode.SingleShotTime).warmupIterations(0).measurementIterations(1);
+            } else if (smoke) {
                 options.warmupIterations(1).warmupTime(TimeValue.milliseconds(20))
                         .measurementIterations(1).measurementTime(TimeValue.milliseconds(50));
             } else if (plan.equals("issue2") || plan.equals("issue8")) {
@@ -85,7 +96,7 @@ public final class Suite {
 
     static List<Slice> slices(String plan) {
         String aggregate = "\\.AggregateBench\\.", pad = "\\.PadBench\\.", triad = "\\.TriadBench\\.",
-                kernel = "\\.KernelBench\\.";
+                kernel = "\\.KernelBench\\.", product = "\\.ProductBench\\.", flops = "\\.FlopsBench\\.";
         Slice issue2 = new Slice(aggregate, params("shape", "llama7b", "clients", "16", "mix", "uniform",
                 "strategy", "replication", "backend", "scalar,vector"));
         Slice triadSlice = new Slice(triad, Map.of());
@@ -105,12 +116,21 @@ public final class Suite {
                     triadSlice);
             case "issue2" -> List.of(triadSlice, issue2, triadSlice);
             case "issue8" -> List.of(triadSlice, issue8, triadSlice);
+            // Issue 11: the FMA peak the GFLOP/s are a share of, 16 Llama-shaped clients (ranks
+            // 8..64) on both modules, then K = 100 on the MLP module, one call each (minutes).
+            case "issue11" -> List.of(new Slice(flops, Map.of()),
+                    new Slice(product, params("shape", "llama-attn,llama-mlp", "clients", "16", "backend", "vector")),
+                    new Slice(product + "(grams|svdAfterGrams|fidelity)$", params("shape", "llama-mlp", "clients", "100",
+                            "backend", "vector"), true),
+                    new Slice(flops, Map.of()));
             case "smoke" -> List.of(
+                    new Slice(product, params("shape", "distilbert", "clients", "2")),
+                    new Slice(flops, Map.of()),
                     new Slice(aggregate, params("shape", "distilbert", "clients", "2", "mix", "paper")),
                     new Slice(pad, params("shape", "distilbert")),
                     new Slice(kernel, params("shape", "distilbert", "clients", "2")),
                     new Slice(triad, params("elements", "1048576")));
-            default -> throw new IllegalArgumentException("unknown plan '" + plan + "'; expected full, issue2, issue8 or smoke");
+            default -> throw new IllegalArgumentException("unknown plan '" + plan + "'; expected full, issue2, issue8, issue11 or smoke");
         };
     }
 
