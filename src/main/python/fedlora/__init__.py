@@ -110,8 +110,7 @@ class Aggregator:
     """Aggregates LoRA client updates of different ranks into one global adapter.
 
     strategy: "zero", "replication" (the paper's, default), "norm", "svd", "stack", or any other
-        strategy this fedlora's Java side names (io.fedlora.Strategy). "svd" and "stack" are batch
-        only (aggregate, not round).
+        strategy this fedlora's Java side names (io.fedlora.Strategy).
     rank: the global rank; 0 takes each module's largest client rank.
     allow_missing: average a module over the clients that have it instead of refusing.
     scale: a LoraScale to fold each client's LoRA scale into B (clients use the same alpha at

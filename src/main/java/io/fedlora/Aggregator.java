@@ -92,13 +92,14 @@ public final class Aggregator implements AutoCloseable {
         return kernels.name();
     }
 
-    /** A new streaming round: add clients one at a time (from any threads), then finish. */
+    /**
+     * A new streaming round: add clients one at a time (from any threads), then finish. Under SVD
+     * and STACK the round keeps a float32 copy of every client's factors, {@code (m + n) * sum r_k * 4}
+     * bytes per module ({@link Round#factorBytes()}); under the other strategies one global
+     * adapter's sums. Finish the round before closing this aggregator.
+     */
     public Round newRound() {
-        if (policy.strategy().productSpace()) {
-            throw new UnsupportedOperationException(policy.strategy().cliName() + " is a batch strategy: it needs every"
-                    + " client's factors at once (all Gram cross blocks B_k^T B_j); use aggregate(clients)");
-        }
-        return new Round(policy, kernels);
+        return new Round(policy, kernels, this::productSpace);
     }
 
     /**
@@ -175,7 +176,7 @@ public final class Aggregator implements AutoCloseable {
     }
 
     /** The product-space engine for SVD, STACK and the fidelity report, made on first use. */
-    private ProductSpace productSpace() {
+    ProductSpace productSpace() {
         ProductSpace ps = productSpace;
         if (ps == null) {
             synchronized (this) {

@@ -24,8 +24,16 @@ import java.util.Map;
  * everything, and {@code finish} divides once. Its size is one global adapter, whatever the
  * client count.
  *
- * <p>{@link #tensors()} and {@link #metadata()} are what a safetensors file holds (the sums under
- * their PEFT keys; the bookkeeping as JSON in the header's {@code __metadata__}), and
+ * <p>A partial of a product-space round ({@link Strategy#SVD}, {@link Strategy#STACK}) holds,
+ * per module, every client's factors instead of sums: the stacks {@code As = [A_1; ...; A_K]}
+ * ({@code [S, n]}) and {@code Bs = [B_1 ... B_K]} ({@code [m, S]}, {@code S = sum r_k}), float32,
+ * in client order, with each client's id, weight {@code p_k}, LoRA scale {@code s_k} (1 unless
+ * folding) and rank {@code r_k}. Merging appends; its size is the sum of the clients' factor
+ * sizes, {@code (m + n) S * 4} bytes per module (format {@value #PRODUCT_FORMAT}; factor-sum
+ * partials keep format {@value #FORMAT}).
+ *
+ * <p>{@link #tensors()} and {@link #metadata()} are what a safetensors file holds (the sums or
+ * stacks under their PEFT keys; the bookkeeping as JSON in the header's {@code __metadata__}), and
  * {@link #of} reads them back, refusing a malformed partial whole.
  */
 public final class Partial {
@@ -33,10 +41,24 @@ public final class Partial {
     /** The metadata key holding the bookkeeping. */
     public static final String METADATA_KEY = "fedlora.partial";
     static final long FORMAT = 2;
+    /** The format of a product-space partial (per-client factors, not sums). */
+    static final long PRODUCT_FORMAT = 3;
 
     /** One module's raw sums and bookkeeping. */
     record ModulePart(String module, String keyA, String keyB, int inFeatures, int outFeatures, int rank,
             Tensor sumA, Tensor sumB, double[] ownerWeight, double totalWeight, long clients, int exponent) {
+    }
+
+    /**
+     * One module of a product-space partial: the clients' factors stacked in client order,
+     * {@code stackA = [A_1; ...; A_K]} ({@code [S, n]}) and {@code stackB = [B_1 ... B_K]}
+     * ({@code [m, S]}), and per client its id, weight, LoRA scale and rank.
+     */
+    record FactorPart(String module, String keyA, String keyB, int inFeatures, int outFeatures, Tensor stackA,
+            Tensor stackB, List<String> clientIds, double[] weights, double[] scales, int[] ranks) {
+        int stackRank() {
+            return (int) stackA.dim(0);
+        }
     }
 
     /** The raw sums and bookkeeping of a tensor that is not a LoRA factor. */
@@ -46,15 +68,18 @@ public final class Partial {
     private final Policy policy;
     private final long clientCount;
     final Map<String, ModulePart> modules;
+    /** The modules of a product-space partial (then {@link #modules} is empty). */
+    final Map<String, FactorPart> factors;
     final Map<String, TensorPart> others;
     /** The output keys in the order the round first saw them. */
     final List<String> keyOrder;
 
-    Partial(Policy policy, long clientCount, Map<String, ModulePart> modules, Map<String, TensorPart> others,
-            List<String> keyOrder) {
+    Partial(Policy policy, long clientCount, Map<String, ModulePart> modules, Map<String, FactorPart> factors,
+            Map<String, TensorPart> others, List<String> keyOrder) {
         this.policy = policy;
         this.clientCount = clientCount;
         this.modules = Collections.unmodifiableMap(new LinkedHashMap<>(modules));
+        this.factors = Collections.unmodifiableMap(new LinkedHashMap<>(factors));
         this.others = Collections.unmodifiableMap(new LinkedHashMap<>(others));
         this.keyOrder = List.copyOf(keyOrder);
     }
@@ -68,12 +93,19 @@ public final class Partial {
         return clientCount;
     }
 
-    /** The raw sums under their PEFT keys, float32, in the order the round first saw them. */
+    /**
+     * The raw sums (or, for SVD and STACK, the stacked client factors) under their PEFT keys,
+     * float32, in the order the round first saw them.
+     */
     public Map<String, Tensor> tensors() {
         Map<String, Tensor> out = new LinkedHashMap<>();
         for (ModulePart m : modules.values()) {
             out.put(m.keyA(), m.sumA());
             out.put(m.keyB(), m.sumB());
+        }
+        for (FactorPart f : factors.values()) {
+            out.put(f.keyA(), f.stackA());
+            out.put(f.keyB(), f.stackB());
         }
         for (TensorPart t : others.values()) {
             out.put(t.key(), t.sums());
@@ -84,7 +116,7 @@ public final class Partial {
     /** The bookkeeping as one JSON document under {@link #METADATA_KEY}. */
     public Map<String, String> metadata() {
         Map<String, Object> doc = new LinkedHashMap<>();
-        doc.put("format", FORMAT);
+        doc.put("format", policy.strategy().productSpace() ? PRODUCT_FORMAT : FORMAT);
         doc.put("policy", policyJson(policy));
         doc.put("clients", clientCount);
         List<Object> moduleList = new ArrayList<>();
@@ -100,6 +132,20 @@ public final class Partial {
             j.put("totalWeight", m.totalWeight());
             j.put("clients", m.clients());
             j.put("exponent", (long) m.exponent());
+            moduleList.add(j);
+        }
+        for (FactorPart f : factors.values()) {
+            Map<String, Object> j = new LinkedHashMap<>();
+            j.put("module", f.module());
+            j.put("keyA", f.keyA());
+            j.put("keyB", f.keyB());
+            j.put("inFeatures", (long) f.inFeatures());
+            j.put("outFeatures", (long) f.outFeatures());
+            j.put("rank", (long) f.stackRank());
+            j.put("clientIds", new ArrayList<Object>(f.clientIds()));
+            j.put("weights", f.weights());
+            j.put("scales", f.scales());
+            j.put("ranks", Arrays.stream(f.ranks()).asLongStream().toArray());
             moduleList.add(j);
         }
         doc.put("modules", moduleList);
@@ -164,15 +210,31 @@ public final class Partial {
         } catch (IOException e) {
             throw bad("its metadata is not JSON: " + e.getMessage().lines().findFirst().orElse(""));
         }
-        if (!Long.valueOf(FORMAT).equals(doc.get("format"))) {
-            throw bad("format " + doc.get("format") + " is not " + FORMAT);
+        boolean product = Long.valueOf(PRODUCT_FORMAT).equals(doc.get("format"));
+        if (!product && !Long.valueOf(FORMAT).equals(doc.get("format"))) {
+            throw bad("format " + doc.get("format") + " is neither " + FORMAT + " (factor sums) nor " + PRODUCT_FORMAT
+                    + " (product-space factors)");
         }
         Policy policy = policyOf(object(doc.get("policy"), "policy"));
+        if (product != policy.strategy().productSpace()) {
+            throw bad("format " + doc.get("format") + (product ? " (product-space factors)" : " (factor sums)")
+                    + " does not hold a " + policy.strategy().cliName() + " partial");
+        }
         long clients = count(doc.get("clients"), "clients");
         Map<String, ModulePart> modules = new LinkedHashMap<>();
+        Map<String, FactorPart> factorParts = new LinkedHashMap<>();
         java.util.Set<String> used = new java.util.HashSet<>();
         for (Object o : list(doc.get("modules"), "modules")) {
             Map<String, Object> j = object(o, "module");
+            if (product) {
+                FactorPart f = factorPart(j, tensors, policy, clients);
+                if (modules.containsKey(f.module()) || factorParts.put(f.module(), f) != null) {
+                    throw bad("module '" + f.module() + "' appears twice");
+                }
+                used.add(f.keyA());
+                used.add(f.keyB());
+                continue;
+            }
             String module = string(j.get("module"), "module name");
             String keyA = string(j.get("keyA"), "keyA of '" + module + "'");
             String keyB = string(j.get("keyB"), "keyB of '" + module + "'");
@@ -227,7 +289,52 @@ public final class Partial {
         for (Object o : list(doc.get("keyOrder"), "keyOrder")) {
             order.add(string(o, "keyOrder entry"));
         }
-        return new Partial(policy, clients, modules, others, order);
+        return new Partial(policy, clients, modules, factorParts, others, order);
+    }
+
+    /** One module of a product-space partial, checked whole: shapes, ranks adding up to S, weights, scales. */
+    private static FactorPart factorPart(Map<String, Object> j, Map<String, Tensor> tensors, Policy policy, long clients) {
+        String module = string(j.get("module"), "module name");
+        String keyA = string(j.get("keyA"), "keyA of '" + module + "'");
+        String keyB = string(j.get("keyB"), "keyB of '" + module + "'");
+        int in = positiveInt(j.get("inFeatures"), module), out = positiveInt(j.get("outFeatures"), module);
+        int rank = positiveInt(j.get("rank"), module);
+        List<Object> ids = list(j.get("clientIds"), "client ids of '" + module + "'");
+        List<Object> rankList = list(j.get("ranks"), "client ranks of '" + module + "'");
+        double[] weights = weights(j.get("weights"), module);
+        List<Object> scaleList = list(j.get("scales"), "client scales of '" + module + "'");
+        int k = ids.size();
+        if (k == 0 || rankList.size() != k || weights.length != k || scaleList.size() != k) {
+            throw bad("module '" + module + "' has " + k + " client ids, " + rankList.size() + " ranks, "
+                    + weights.length + " weights and " + scaleList.size() + " scales (one of each per client, at least one)");
+        }
+        if (k > clients) {
+            throw bad("module '" + module + "' holds " + k + " clients of the partial's " + clients);
+        }
+        List<String> clientIds = new ArrayList<>(k);
+        int[] ranks = new int[k];
+        double[] scales = new double[k];
+        long sum = 0;
+        for (int c = 0; c < k; c++) {
+            clientIds.add(string(ids.get(c), "client id of '" + module + "'"));
+            long r = count(rankList.get(c), "a client rank of '" + module + "'");
+            if (r < 1 || r > Integer.MAX_VALUE - 8) {
+                throw bad("module '" + module + "', client '" + clientIds.get(c) + "' has rank " + r);
+            }
+            ranks[c] = (int) r;
+            sum += r;
+            double s = number(scaleList.get(c), "a LoRA scale of '" + module + "'");
+            if (!(s > 0) || !Double.isFinite(s) || !policy.folds() && s != 1) {
+                throw bad("module '" + module + "', client '" + clientIds.get(c) + "' has LoRA scale " + s
+                        + (policy.folds() ? " (not finite and > 0)" : " but the policy does not fold scales (must be 1)"));
+            }
+            scales[c] = s;
+        }
+        if (sum != rank) {
+            throw bad("module '" + module + "': the client ranks add up to " + sum + ", not its stack rank " + rank);
+        }
+        Tensor a = sums(tensors, keyA, new long[] {rank, in}), b = sums(tensors, keyB, new long[] {out, rank});
+        return new FactorPart(module, keyA, keyB, in, out, a, b, List.copyOf(clientIds), weights, scales, ranks);
     }
 
     private static final ValueLayout.OfFloat FLOAT_LE = ValueLayout.JAVA_FLOAT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);

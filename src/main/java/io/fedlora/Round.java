@@ -2,6 +2,8 @@ package io.fedlora;
 
 import io.fedlora.kernels.Accumulator;
 import io.fedlora.kernels.Kernels;
+import io.fedlora.product.ModuleFactors;
+import io.fedlora.product.ProductSpace;
 import io.fedlora.tensor.DType;
 import io.fedlora.tensor.Matrix;
 import io.fedlora.tensor.Tensor;
@@ -16,6 +18,9 @@ import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantLock;
+import java.util.function.Supplier;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * A streaming aggregation round (DESIGN §2, "streaming and merging"). Each module keeps the
@@ -32,8 +37,22 @@ import java.util.concurrent.locks.ReentrantLock;
  * refused by {@code add} itself, and a client whose add fails for any reason once it started (an
  * I/O fault on a mapped file, an arena closed meanwhile) leaves the round bit for bit as it was:
  * such memory is summed only after the round has copied the sums it is about to change.
+ *
+ * <p><b>SVD and STACK</b> (DESIGN §9) cannot be summed: the output factors need the stacks
+ * themselves ({@code U = Bs X}), and each new client's cross blocks {@code B_k^T B_j} need every
+ * earlier client's factors. A round under these strategies therefore keeps, per module, each
+ * client's factors (float32 copies owned by the round, so the caller may close a mapped input
+ * right after {@code add}), its weight {@code p_k} and, when folding, its LoRA scale {@code s_k},
+ * in client order; merging rounds or partials appends, and {@link #finish} runs the batch code on
+ * them, so it gives the same bits as {@link Aggregator#aggregate} of the same clients in the same
+ * order. <b>Memory bound</b>: the sum of the clients' factor sizes, {@code (m + n) * sum_k r_k * 4}
+ * bytes per module ({@link #factorBytes()}; logged at {@code finish}), against one global adapter
+ * for the factor-sum strategies. The Gram matrices and the SVD's working memory ({@code ~6 S^2}
+ * doubles per module) are taken only while {@code finish} runs, outside the round's lock.
  */
 public final class Round implements AutoCloseable {
+
+    private static final Logger LOG = LoggerFactory.getLogger(Round.class);
 
     private static final AtomicLong IDS = new AtomicLong();
 
@@ -45,6 +64,10 @@ public final class Round implements AutoCloseable {
     private final Shapes shapes;
     private final Map<String, ModuleSums> modules = new LinkedHashMap<>();
     private final Map<String, TensorSums> others = new LinkedHashMap<>();
+    /** SVD, STACK: the kept client factors per module (then {@link #modules} stays empty). */
+    private final Map<String, KeptFactors> products = new LinkedHashMap<>();
+    private final boolean product;
+    private final Supplier<ProductSpace> productSpace;
     private final LinkedHashSet<String> keyOrder = new LinkedHashSet<>();
     private long clients;
     private boolean closed;
@@ -52,9 +75,11 @@ public final class Round implements AutoCloseable {
     private final Held held = new Held();
     private final Cleaner.Cleanable cleanable;
 
-    Round(Policy policy, Kernels kernels) {
+    Round(Policy policy, Kernels kernels, Supplier<ProductSpace> productSpace) {
         this.policy = policy;
         this.kernels = kernels;
+        this.product = policy.strategy().productSpace();
+        this.productSpace = productSpace;
         this.shapes = new Shapes(policy.allowMissing());
         this.cleanable = CLEANER.register(this, held);
     }
@@ -121,13 +146,15 @@ public final class Round implements AutoCloseable {
     public void add(ClientUpdate client) {
         ParsedUpdate parsed = ParsedUpdate.parse(client);
         Map<String, Double> weights = Screen.moduleWeights(parsed, policy.strategy(), kernels, true);
+        // SVD, STACK: the round's own float32 copies, made before the lock is taken.
+        Map<String, ModuleFactors> copies = product ? copies(parsed) : null;
         lock.lock();
         try {
             ensureOpen();
             shapes.check(parsed);
             List<Runnable> undo = new ArrayList<>();
             try {
-                addLocked(parsed, weights, undo);
+                addLocked(parsed, weights, copies, undo);
             } catch (Throwable t) {
                 for (int i = undo.size() - 1; i >= 0; i--) {
                     undo.get(i).run();
@@ -149,11 +176,27 @@ public final class Round implements AutoCloseable {
         }
     }
 
+    /** One client's modules as factors the round owns; a read fault names the client. */
+    private Map<String, ModuleFactors> copies(ParsedUpdate parsed) {
+        Map<String, ModuleFactors> out = new LinkedHashMap<>();
+        try {
+            for (ParsedUpdate.Module m : parsed.modules.values()) {
+                out.put(m.name(), ProductModules.copy(parsed, m, policy));
+            }
+        } catch (InvalidUpdateException e) {
+            throw e;
+        } catch (RuntimeException | InternalError e) {
+            throw Screen.unreadable(parsed.client, e);
+        }
+        return out;
+    }
+
     /** Sums one screened client; every change it makes first registers how to take it back. */
-    private void addLocked(ParsedUpdate parsed, Map<String, Double> weights, List<Runnable> undo) {
+    private void addLocked(ParsedUpdate parsed, Map<String, Double> weights, Map<String, ModuleFactors> copies,
+            List<Runnable> undo) {
         // Every contribution (and so every refusal for weights out of range) before any change.
         List<Book.Contribution> contributions = new ArrayList<>();
-        for (ParsedUpdate.Module m : parsed.modules.values()) {
+        for (ParsedUpdate.Module m : copies != null ? List.<ParsedUpdate.Module>of() : parsed.modules.values()) {
             ModuleSums sums = modules.get(m.name());
             Book book = sums == null ? new Book(m.name(), policy, 0) : sums.book;
             contributions.add(book.contribution(parsed, m.rank(), weights.get(m.name()),
@@ -166,7 +209,12 @@ public final class Round implements AutoCloseable {
             otherContributions.add(book.contribution(parsed, 0, parsed.client.weight(), 1));
         }
         int c = 0;
-        for (ParsedUpdate.Module m : parsed.modules.values()) {
+        if (copies != null) {
+            for (ParsedUpdate.Module m : parsed.modules.values()) {
+                keptFor(m.name(), m.keyA(), m.keyB(), m.inFeatures(), m.outFeatures(), undo).append(copies.get(m.name()), undo);
+            }
+        }
+        for (ParsedUpdate.Module m : copies != null ? List.<ParsedUpdate.Module>of() : parsed.modules.values()) {
             ModuleSums sums = modules.get(m.name());
             if (sums == null) {
                 ModuleSums created = new ModuleSums(m.name(), m.keyA(), m.keyB(), m.inFeatures(), m.outFeatures());
@@ -219,7 +267,13 @@ public final class Round implements AutoCloseable {
                     throw new IllegalStateException("the round being merged is closed");
                 }
                 shapes.checkMerge(other.shapes.modules, other.shapes.others, "the merged round");
+                // Their factors are shared, not copied: no round writes a kept factor after copying it.
                 List<Runnable> steps = new ArrayList<>();
+                for (KeptFactors theirs : other.products.values()) {
+                    List<ModuleFactors> clientsOfTheirs = List.copyOf(theirs.clients);
+                    steps.add(() -> keptFor(theirs.name, theirs.keyA, theirs.keyB, theirs.inFeatures, theirs.outFeatures, null)
+                            .appendAll(clientsOfTheirs));
+                }
                 for (ModuleSums theirs : other.modules.values()) {
                     ModuleSums mine = modules.get(theirs.book.name);
                     float factor = mine == null ? 1f : mine.book.mergeFactor(theirs.book.exponent, theirs.book.totalWeight);
@@ -252,6 +306,10 @@ public final class Round implements AutoCloseable {
         checkPolicy(partial.policy(), "the partial");
         Map<String, int[]> theirModules = new LinkedHashMap<>();
         partial.modules.forEach((name, m) -> theirModules.put(name, new int[] {m.inFeatures(), m.outFeatures()}));
+        partial.factors.forEach((name, f) -> theirModules.put(name, new int[] {f.inFeatures(), f.outFeatures()}));
+        // SVD, STACK: the round's own copies of the partial's factors (it may be a view of a mapped file).
+        Map<String, List<ModuleFactors>> imported = new LinkedHashMap<>();
+        partial.factors.forEach((name, f) -> imported.put(name, importFactors(f)));
         Map<String, long[]> theirOthers = new LinkedHashMap<>();
         partial.others.forEach((key, t) -> theirOthers.put(key, t.shape()));
         lock.lock();
@@ -259,6 +317,10 @@ public final class Round implements AutoCloseable {
             ensureOpen();
             shapes.checkMerge(theirModules, theirOthers, "the partial");
             List<Runnable> steps = new ArrayList<>();
+            for (Partial.FactorPart f : partial.factors.values()) {
+                steps.add(() -> keptFor(f.module(), f.keyA(), f.keyB(), f.inFeatures(), f.outFeatures(), null)
+                        .appendAll(imported.get(f.module())));
+            }
             for (Partial.ModulePart p : partial.modules.values()) {
                 ModuleSums mine = modules.get(p.module());
                 float factor = mine == null ? 1f : mine.book.mergeFactor(p.exponent(), p.totalWeight());
@@ -286,6 +348,19 @@ public final class Round implements AutoCloseable {
         }
     }
 
+    /** The kept factors of {@code name}, created when new (and, with {@code undo}, removed again by it). */
+    private KeptFactors keptFor(String name, String keyA, String keyB, int in, int out, List<Runnable> undo) {
+        KeptFactors kept = products.get(name);
+        if (kept == null) {
+            kept = new KeptFactors(name, keyA, keyB, in, out);
+            products.put(name, kept);
+            if (undo != null) {
+                undo.add(() -> products.remove(name));
+            }
+        }
+        return kept;
+    }
+
     private ModuleSums moduleFor(String name, String keyA, String keyB, int in, int out) {
         return modules.computeIfAbsent(name, n -> new ModuleSums(n, keyA, keyB, in, out));
     }
@@ -296,26 +371,71 @@ public final class Round implements AutoCloseable {
 
     /**
      * The global adapter from everything added so far, float32, keys in the order first seen. The
-     * sums are kept, so a round can be finished, then continued and finished again.
+     * sums are kept, so a round can be finished, then continued and finished again. SVD and STACK
+     * factorise a consistent snapshot of the kept factors outside the round's lock (adds and
+     * merges go on meanwhile; they are not in this result), by the batch code: same bits as
+     * {@link Aggregator#aggregate} of the same clients in the same order.
      */
     public Map<String, Tensor> finish() {
+        Map<String, Tensor> out = new LinkedHashMap<>();
+        Map<String, List<ModuleFactors>> snapshot = new LinkedHashMap<>();
+        List<KeptFactors> kept;
+        List<String> order;
+        long count, bytes;
         lock.lock();
         try {
             ensureOpen();
             if (clients == 0) {
                 throw new IllegalStateException("the round has no clients to aggregate");
             }
-            Map<String, Tensor> out = new LinkedHashMap<>();
             for (ModuleSums m : modules.values()) {
                 m.finish(out);
+            }
+            kept = new ArrayList<>(products.values());
+            for (KeptFactors k : kept) {
+                snapshot.put(k.name, List.copyOf(k.clients));
             }
             for (TensorSums t : others.values()) {
                 t.finish(out);
             }
-            return Aggregator.orderLike(out, keyOrder);
+            order = new ArrayList<>(keyOrder);
+            count = clients;
+            bytes = factorBytesLocked();
         } finally {
             lock.unlock();
         }
+        if (product) {
+            LOG.info("{} round: finishing {} clients from the factors it keeps, {} bytes ({} MiB; (m + n) * sum r_k * 4"
+                    + " per module, {} modules)", policy.strategy().cliName(), count, bytes,
+                    String.format(java.util.Locale.ROOT, "%.1f", bytes / 1048576.0), kept.size());
+            ProductSpace space = productSpace.get();
+            for (KeptFactors k : kept) {
+                ProductModules.aggregate(k.name, k.keyA, k.keyB, snapshot.get(k.name), policy, space, out);
+            }
+        }
+        return Aggregator.orderLike(out, order);
+    }
+
+    /**
+     * Bytes of client factors this round keeps: under SVD and STACK, the sum over modules of
+     * {@code (m + n) * sum_k r_k * 4} (the memory bound of such a round); 0 under the factor-sum
+     * strategies, which keep one global adapter's sums whatever the client count.
+     */
+    public long factorBytes() {
+        lock.lock();
+        try {
+            return factorBytesLocked();
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private long factorBytesLocked() {
+        long bytes = 0;
+        for (KeptFactors k : products.values()) {
+            bytes += k.bytes();
+        }
+        return bytes;
     }
 
     /**
@@ -330,11 +450,15 @@ public final class Round implements AutoCloseable {
             for (ModuleSums m : modules.values()) {
                 parts.put(m.book.name, m.export());
             }
+            Map<String, Partial.FactorPart> factorParts = new LinkedHashMap<>();
+            for (KeptFactors k : products.values()) {
+                factorParts.put(k.name, k.export());
+            }
             Map<String, Partial.TensorPart> tensorParts = new LinkedHashMap<>();
             for (TensorSums t : others.values()) {
                 tensorParts.put(t.book.name, t.export());
             }
-            return new Partial(policy, clients, parts, tensorParts, new ArrayList<>(keyOrder));
+            return new Partial(policy, clients, parts, factorParts, tensorParts, new ArrayList<>(keyOrder));
         } finally {
             lock.unlock();
         }
@@ -352,6 +476,7 @@ public final class Round implements AutoCloseable {
             try {
                 modules.values().forEach(ModuleSums::close);
                 others.values().forEach(TensorSums::close);
+                products.clear();
             } finally {
                 cleanable.clean(); // anything left, and the cleaner's registration
             }
@@ -380,6 +505,98 @@ public final class Round implements AutoCloseable {
                     + " overflowed float32 (values times weights beyond 3.4e38)");
         }
         return values;
+    }
+
+    /** A product-space partial's factors as the round's own per-client copies, in client order. */
+    private static List<ModuleFactors> importFactors(Partial.FactorPart f) {
+        int n = f.inFeatures(), m = f.outFeatures(), s = f.stackRank();
+        float[] stackA = f.stackA().toFloatArray(), stackB = f.stackB().toFloatArray();
+        List<ModuleFactors> out = new ArrayList<>(f.ranks().length);
+        int offset = 0;
+        for (int c = 0; c < f.ranks().length; c++) {
+            int r = f.ranks()[c];
+            float[] a = java.util.Arrays.copyOfRange(stackA, offset * n, (offset + r) * n);
+            float[] b = new float[Math.multiplyExact(m, r)];
+            for (int row = 0; row < m; row++) {
+                System.arraycopy(stackB, row * s + offset, b, row * r, r);
+            }
+            out.add(new ModuleFactors(f.clientIds().get(c), Matrix.of(a, r, n), Matrix.of(b, m, r), f.weights()[c],
+                    f.scales()[c]));
+            offset += r;
+        }
+        return out;
+    }
+
+    /**
+     * SVD, STACK: one module's clients as the round keeps them, in client order: float32 factors
+     * (heap copies, never written after they were made, so merged rounds may share them), weight
+     * and LoRA scale. Used under the round's lock.
+     */
+    private static final class KeptFactors {
+        final String name, keyA, keyB;
+        final int inFeatures, outFeatures;
+        final List<ModuleFactors> clients = new ArrayList<>();
+        /** {@code S = sum r_k}. */
+        int stackRank;
+
+        KeptFactors(String name, String keyA, String keyB, int inFeatures, int outFeatures) {
+            this.name = name;
+            this.keyA = keyA;
+            this.keyB = keyB;
+            this.inFeatures = inFeatures;
+            this.outFeatures = outFeatures;
+        }
+
+        void append(ModuleFactors f, List<Runnable> undo) {
+            int size = clients.size(), rank = stackRank;
+            int grown = Math.addExact(stackRank, f.rank());
+            undo.add(() -> {
+                clients.subList(size, clients.size()).clear();
+                stackRank = rank;
+            });
+            clients.add(f);
+            stackRank = grown;
+        }
+
+        void appendAll(List<ModuleFactors> more) {
+            int grown = stackRank;
+            for (ModuleFactors f : more) {
+                grown = Math.addExact(grown, f.rank());
+            }
+            clients.addAll(more);
+            stackRank = grown;
+        }
+
+        long bytes() {
+            return 4L * stackRank * ((long) inFeatures + outFeatures);
+        }
+
+        /** The clients' factors stacked in client order: {@code [A_1; ...; A_K]} and {@code [B_1 ... B_K]}. */
+        Partial.FactorPart export() {
+            int n = inFeatures, m = outFeatures, s = stackRank, k = clients.size();
+            float[] stackA = new float[Math.multiplyExact(s, n)];
+            float[] stackB = new float[Math.multiplyExact(m, s)];
+            List<String> ids = new ArrayList<>(k);
+            double[] weights = new double[k], scales = new double[k];
+            int[] ranks = new int[k];
+            int offset = 0;
+            for (int c = 0; c < k; c++) {
+                ModuleFactors f = clients.get(c);
+                int r = f.rank();
+                System.arraycopy(ProductModules.heap(f.a()), 0, stackA, offset * n, r * n);
+                float[] b = ProductModules.heap(f.b());
+                for (int row = 0; row < m; row++) {
+                    System.arraycopy(b, row * r, stackB, row * s + offset, r);
+                }
+                ids.add(f.clientId());
+                weights[c] = f.weight();
+                scales[c] = f.scale();
+                ranks[c] = r;
+                offset += r;
+            }
+            return new Partial.FactorPart(name, keyA, keyB, n, m, Tensor.of(stackA, s, n), Tensor.of(stackB, m, s),
+                    List.copyOf(ids), weights, scales, ranks);
+        }
     }
 
     /** The running sums of one LoRA module; used under the round's lock. */

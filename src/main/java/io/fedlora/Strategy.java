@@ -19,12 +19,15 @@ public enum Strategy {
      * {@link Policy#split()} says: FlexLoRA / PEFT-svd ({@code B = U Sigma / s_out}, {@code A = V^T},
      * the default) or balanced; components ordered by singular value, so
      * {@link Aggregator#truncate} gives every client its best rank-r_k part (FlexLoRA
-     * redistribution). Never forms the m x n matrix. Batch only.
+     * redistribution). Never forms the m x n matrix. Batch or round: a {@link Round} keeps every
+     * client's float32 factors, {@code (m + n) * sum_k r_k * 4} bytes per module
+     * ({@link Round#factorBytes()}), and finishes with the batch's bits.
      */
     SVD,
     /**
      * FLoRA stacking: {@code B = [B_1 ... B_K]}, {@code A = [w_1 A_1; ...; w_K A_K]}, exact at rank
-     * {@code sum_k r_k} (the global rank does not apply). Batch only.
+     * {@code sum_k r_k} (the global rank does not apply). Batch or round, with SVD's memory bound:
+     * {@code (m + n) * sum_k r_k * 4} bytes per module, the size of the output itself.
      */
     STACK;
 

@@ -573,7 +573,7 @@ class CliSafetyTest {
     /** --no-mmap reads each client into memory: the same output bit for bit, for every strategy and scale. */
     @org.junit.jupiter.params.ParameterizedTest(name = "{0} --scale {1}")
     @org.junit.jupiter.params.provider.CsvSource({"zero,none", "replication,none", "norm,none", "zero,fold",
-            "replication,fold", "norm,fold"})
+            "replication,fold", "norm,fold", "svd,none", "svd,fold", "stack,none", "stack,fold"})
     void readingIntoMemoryGivesTheSameOutput(String strategy, String scale) throws Exception {
         List<Path> c = three();
         Path mapped = outs.resolve("mapped");
