@@ -147,7 +147,8 @@ class SplitCliTest {
                         }
                         double dense = ConfigScaleTest.frobenius(diff) / ConfigScaleTest.frobenius(target);
                         double reported = (ri[1] < 0 ? row : row.get("truncated").get(ri[1])).get("error_exact").asDouble();
-                        assertEquals(reported, dense, 1e-3 * reported + 1e-6, module + " at rank " + ri[0]);
+                        // Float32 factors move the error by about 1e-7 (u of the written product), far below this bound.
+                        assertEquals(reported, dense, 1e-5 * reported + 2e-6, module + " at rank " + ri[0]);
                         checked++;
                     }
                 }
