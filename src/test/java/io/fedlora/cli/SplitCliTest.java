@@ -87,6 +87,76 @@ class SplitCliTest {
         }
     }
 
+    /**
+     * The fidelity report beside a balanced aggregation (computed without the split) is the dense
+     * float64 error of the balanced factors written, at the global rank and truncated to each
+     * client rank: the split does not change the figures.
+     */
+    @Test
+    void theReportOfABalancedGlobalIsItsDenseError() throws Exception {
+        List<Path> clients = clients();
+        Path out = tmp.resolve("balanced"), report = tmp.resolve("report.json");
+        CliTest.Run run = aggregate(clients, out, "--strategy", "svd", "--split", "balanced", "--backend", "scalar",
+                "--report", report.toString());
+        assertEquals(0, run.status(), run.err());
+        com.fasterxml.jackson.databind.JsonNode json = new com.fasterxml.jackson.databind.ObjectMapper()
+                .readTree(Files.readString(report));
+        int checked = 0;
+        try (PeftAdapter global = PeftAdapter.open(out)) {
+            for (String module : MODULES) {
+                double[][] target = null;
+                double total = 0;
+                for (int k = 0; k < clients.size(); k++) {
+                    try (PeftAdapter a = PeftAdapter.open(clients.get(k))) {
+                        Tensor ta = a.tensors().get(module + ".lora_A.weight");
+                        Tensor tb = a.tensors().get(module + ".lora_B.weight");
+                        int r = (int) ta.dim(0);
+                        double[][] ba = ConfigScaleTest.product(tb.toFloatArray(), (int) tb.dim(0), r, ta.toFloatArray(),
+                                (int) ta.dim(1), r, ConfigScaleTest.WEIGHTS[k]);
+                        total += ConfigScaleTest.WEIGHTS[k];
+                        if (target == null) {
+                            target = ba;
+                        } else {
+                            for (int i = 0; i < ba.length; i++) {
+                                for (int j = 0; j < ba[i].length; j++) {
+                                    target[i][j] += ba[i][j];
+                                }
+                            }
+                        }
+                    }
+                }
+                ConfigScaleTest.scaleInPlace(target, 1 / total);
+                Tensor a = global.tensors().get(module + ".lora_A.weight"), b = global.tensors().get(module + ".lora_B.weight");
+                int rank = (int) a.dim(0);
+                for (com.fasterxml.jackson.databind.JsonNode row : json.get("modules")) {
+                    if (!row.get("strategy").asText().equals("svd") || !module.endsWith(row.get("module").asText())) {
+                        continue;
+                    }
+                    List<int[]> at = new ArrayList<>(List.of(new int[] {rank, -1}));
+                    for (int i = 0; i < row.get("truncated").size(); i++) {
+                        at.add(new int[] {row.get("truncated").get(i).get("rank").asInt(), i});
+                    }
+                    for (int[] ri : at) {
+                        int keep = Math.min(ri[0], rank);
+                        double[][] diff = ConfigScaleTest.product(b.toFloatArray(), (int) b.dim(0), rank, a.toFloatArray(),
+                                (int) a.dim(1), keep, 1);
+                        for (int i = 0; i < diff.length; i++) {
+                            for (int j = 0; j < diff[i].length; j++) {
+                                diff[i][j] = target[i][j] - diff[i][j];
+                            }
+                        }
+                        double dense = ConfigScaleTest.frobenius(diff) / ConfigScaleTest.frobenius(target);
+                        double reported = (ri[1] < 0 ? row : row.get("truncated").get(ri[1])).get("error_exact").asDouble();
+                        // Float32 factors move the error by about 1e-7 (u of the written product), far below this bound.
+                        assertEquals(reported, dense, 1e-5 * reported + 2e-6, module + " at rank " + ri[0]);
+                        checked++;
+                    }
+                }
+            }
+        }
+        assertTrue(checked >= 2 * MODULES.length, "rows checked: " + checked);
+    }
+
     @Test
     void badValueAndOtherStrategiesAreUsageErrors() throws Exception {
         List<Path> clients = clients();
