@@ -29,8 +29,8 @@ import java.util.Map;
  * ({@code [S, n]}) and {@code Bs = [B_1 ... B_K]} ({@code [m, S]}, {@code S = sum r_k}), float32,
  * in client order, with each client's id, weight {@code p_k}, LoRA scale {@code s_k} (1 unless
  * folding) and rank {@code r_k}. Merging appends; its size is the sum of the clients' factor
- * sizes, {@code (m + n) S * 4} bytes per module (format {@value #PRODUCT_FORMAT}; factor-sum
- * partials keep format {@value #FORMAT}).
+ * sizes, {@code (m + n) S * 4} bytes per module (format 3; factor-sum
+ * partials keep format 2).
  *
  * <p>{@link #tensors()} and {@link #metadata()} are what a safetensors file holds (the sums or
  * stacks under their PEFT keys; the bookkeeping as JSON in the header's {@code __metadata__}), and
@@ -111,6 +111,76 @@ public final class Partial {
             out.put(t.key(), t.sums());
         }
         return Aggregator.orderLike(out, keyOrder);
+    }
+
+    /**
+     * This partial with each module's clients in the order of {@code clientIds}. SVD and STACK
+     * results follow the order the clients were added in (STACK's components are in client
+     * order), so an engine whose reduction merges partials in an order of its own (Spark's
+     * {@code treeReduce}) restores the manifest's order before it finishes, and gets the result of
+     * a batch in that order. A factor-sum partial records no order and is returned as it is.
+     *
+     * @throws IllegalArgumentException naming a client of the partial that {@code clientIds} lacks
+     */
+    public Partial inClientOrder(List<String> clientIds) {
+        if (factors.isEmpty()) {
+            return this;
+        }
+        Map<String, Integer> position = new java.util.HashMap<>();
+        for (int i = 0; i < clientIds.size(); i++) {
+            position.putIfAbsent(clientIds.get(i), i);
+        }
+        Map<String, FactorPart> ordered = new LinkedHashMap<>();
+        for (FactorPart f : factors.values()) {
+            int k = f.ranks().length;
+            Integer[] order = new Integer[k];
+            for (int c = 0; c < k; c++) {
+                order[c] = c;
+                if (!position.containsKey(f.clientIds().get(c))) {
+                    throw new IllegalArgumentException("module '" + f.module() + "': client '" + f.clientIds().get(c)
+                            + "' of the partial is not in the given client order");
+                }
+            }
+            Arrays.sort(order, java.util.Comparator.comparingInt(c -> position.get(f.clientIds().get(c)))); // stable
+            ordered.put(f.module(), permuted(f, order));
+        }
+        return new Partial(policy, clientCount, modules, ordered, others, keyOrder);
+    }
+
+    /** {@code f} with its clients in {@code order} (positions in {@code f}). */
+    private static FactorPart permuted(FactorPart f, Integer[] order) {
+        int k = order.length, n = f.inFeatures(), m = f.outFeatures(), s = f.stackRank();
+        boolean identity = true;
+        for (int c = 0; c < k; c++) {
+            identity &= order[c] == c;
+        }
+        if (identity) {
+            return f;
+        }
+        int[] offsets = new int[k + 1];
+        for (int c = 0; c < k; c++) {
+            offsets[c + 1] = offsets[c] + f.ranks()[c];
+        }
+        float[] a = f.stackA().toFloatArray(), b = f.stackB().toFloatArray();
+        float[] stackA = new float[a.length], stackB = new float[b.length];
+        List<String> ids = new ArrayList<>(k);
+        double[] weights = new double[k], scales = new double[k];
+        int[] ranks = new int[k];
+        int to = 0;
+        for (int c = 0; c < k; c++) {
+            int from = offsets[order[c]], r = f.ranks()[order[c]];
+            System.arraycopy(a, from * n, stackA, to * n, r * n);
+            for (int row = 0; row < m; row++) {
+                System.arraycopy(b, row * s + from, stackB, row * s + to, r);
+            }
+            ids.add(f.clientIds().get(order[c]));
+            weights[c] = f.weights()[order[c]];
+            scales[c] = f.scales()[order[c]];
+            ranks[c] = r;
+            to += r;
+        }
+        return new FactorPart(f.module(), f.keyA(), f.keyB(), n, m, Tensor.of(stackA, s, n), Tensor.of(stackB, m, s),
+                List.copyOf(ids), weights, scales, ranks);
     }
 
     /** The bookkeeping as one JSON document under {@link #METADATA_KEY}. */
@@ -197,7 +267,11 @@ public final class Partial {
      * Reads a partial back from {@link #tensors()} and {@link #metadata()} (as a safetensors file
      * gives them), refusing it whole, with a one-line reason, when anything is malformed: no or
      * unknown bookkeeping, a tensor missing, extra or of the wrong shape or dtype, sums that are
-     * not finite, owner or total weights that are negative or not finite, negative counts.
+     * not finite, owner or total weights that are negative or not finite, negative counts; for a
+     * product-space partial (format 3) also client ranks that are not
+     * positive or do not add up to the stacks' rank, per-client lists of different lengths,
+     * client weights that are negative or not finite, LoRA scales that are not finite and
+     * positive (or not 1 without folding), and a format that does not match the policy's strategy.
      */
     public static Partial of(Map<String, Tensor> tensors, Map<String, String> metadata) {
         String text = metadata == null ? null : metadata.get(METADATA_KEY);

@@ -155,7 +155,20 @@ class ProductRoundTest {
                     List<String> ids = plain.stream().map(ClientUpdate::clientId).toList();
                     assertEquals(ids, clientOrder(a.toPartial(), "q"));
                     assertEquals(ids, clientOrder(c.toPartial(), "q"));
-                    assertEquals(reversed.stream().map(ClientUpdate::clientId).toList(), clientOrder(d.toPartial(), "q"));
+                    List<String> reversedIds = reversed.stream().map(ClientUpdate::clientId).toList();
+                    assertEquals(reversedIds, clientOrder(d.toPartial(), "q"));
+                    // An engine that merged in its own order restores the batch's.
+                    Partial restored = Partial.fromBytes(MemorySegment.ofArray(d.toPartial().toBytes())).inClientOrder(ids);
+                    assertEquals(ids, clientOrder(restored, "q"));
+                    try (Round fromRestored = aggregator.roundFromPartial(restored)) {
+                        assertBitwise(plainBatch, fromRestored.finish());
+                    }
+                    try (Round fromReordered = aggregator.roundFromPartial(a.toPartial().inClientOrder(reversedIds))) {
+                        assertBitwise(reversedBatch, fromReordered.finish());
+                    }
+                    IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                            () -> a.toPartial().inClientOrder(ids.subList(1, ids.size())));
+                    assertTrue(e.getMessage().contains("client 'c0' of the partial is not in the given client order"), e.getMessage());
                     assertSamePartial(partialOfB, b.toPartial()); // the merged round stays as it was
                     if (policy.strategy() == Strategy.STACK) {
                         assertNotEquals(Arrays.toString(plainBatch.get("q.lora_A.weight").toFloatArray()),
@@ -310,13 +323,20 @@ class ProductRoundTest {
         }
     }
 
-    @Test
-    void clientsAddedFromManyThreadsEqualTheBatchInTheRoundsOrder() throws Exception {
+    /**
+     * Adds from three threads while snapshots are taken: every partial holds whole clients and
+     * extends the one before, every finish is the batch of a prefix of the round's final client
+     * order, and the last finish is the batch in that order.
+     */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(value = Strategy.class, names = {"SVD", "STACK"})
+    void clientsAddedFromManyThreadsEqualTheBatchInTheRoundsOrder(Strategy strategy) throws Exception {
         List<ClientUpdate> clients = new ArrayList<>();
         for (int k = 0; k < 12; k++) {
             clients.add(TestClients.client("t" + k, 1 + k % 5, 1 + k % 6, SHAPES.subList(0, 2), DType.BF16, 70 + k));
         }
-        try (Aggregator aggregator = Aggregator.of(Policy.of(Strategy.SVD)); Round round = aggregator.newRound()) {
+        List<Map<String, Tensor>> finished = new ArrayList<>();
+        try (Aggregator aggregator = Aggregator.of(Policy.of(strategy)); Round round = aggregator.newRound()) {
             ExecutorService pool = Executors.newFixedThreadPool(3);
             try {
                 List<Future<?>> adds = new ArrayList<>();
@@ -331,6 +351,9 @@ class ProductRoundTest {
                     assertEquals(seen, order.subList(0, seen.size()), "a later snapshot extends an earlier one");
                     assertEquals(snapshot.clientCount(), order.size());
                     seen = order;
+                    if (round.clientCount() > 0) {
+                        finished.add(round.finish());
+                    }
                 } while (!adds.stream().allMatch(Future::isDone));
                 for (Future<?> f : adds) {
                     f.get();
@@ -342,7 +365,32 @@ class ProductRoundTest {
             List<ClientUpdate> inOrder = order.stream()
                     .map(id -> clients.stream().filter(c -> c.clientId().equals(id)).findFirst().orElseThrow()).toList();
             assertBitwise(aggregator.aggregate(inOrder), round.finish());
+            List<Map<String, Tensor>> prefixes = new ArrayList<>();
+            for (int n = 1; n <= inOrder.size(); n++) {
+                prefixes.add(aggregator.aggregate(inOrder.subList(0, n)));
+            }
+            for (Map<String, Tensor> f : finished) {
+                assertTrue(prefixes.stream().anyMatch(p -> bitwiseEqual(p, f)), "a finish during adds is a prefix's batch");
+            }
         }
+    }
+
+    static boolean bitwiseEqual(Map<String, Tensor> x, Map<String, Tensor> y) {
+        if (!x.keySet().equals(y.keySet())) {
+            return false;
+        }
+        for (String key : x.keySet()) {
+            if (!Arrays.equals(x.get(key).shape(), y.get(key).shape())) {
+                return false;
+            }
+            float[] a = x.get(key).toFloatArray(), b = y.get(key).toFloatArray();
+            for (int i = 0; i < a.length; i++) {
+                if (Float.floatToRawIntBits(a[i]) != Float.floatToRawIntBits(b[i])) {
+                    return false;
+                }
+            }
+        }
+        return true;
     }
 
     @SuppressWarnings("unchecked")

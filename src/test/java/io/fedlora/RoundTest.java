@@ -35,7 +35,7 @@ class RoundTest {
         for (String backend : TestBackends.names()) {
             for (Strategy strategy : Strategy.values()) {
                 if (strategy.productSpace()) {
-                    continue; // SVD, STACK are batch only (Aggregator.newRound refuses them)
+                    continue; // SVD, STACK keep factors, not sums, and merge by appending: ProductRoundTest
                 }
                 out.add(Arguments.of(backend, strategy));
             }

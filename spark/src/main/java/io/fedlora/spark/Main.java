@@ -37,7 +37,7 @@ public final class Main implements Callable<Integer> {
     String master;
 
     @Option(names = "--strategy", paramLabel = "zero|replication|norm", defaultValue = "replication",
-            description = "Padding strategy (default replication); the product-space ones (svd, stack) are batch only.")
+            description = "Padding strategy (default replication), or svd or stack (their partials carry every client's factors).")
     String strategy;
 
     @Option(names = "--rank", paramLabel = "R", defaultValue = "0",
@@ -162,10 +162,6 @@ public final class Main implements Callable<Integer> {
             s = Strategy.valueOf(strategy.trim().toUpperCase(Locale.ROOT));
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(spec.commandLine(), "--strategy: unknown strategy '" + strategy + "'");
-        }
-        if (s.productSpace()) {
-            throw new CommandLine.ParameterException(spec.commandLine(), "--strategy " + s.cliName()
-                    + " is a batch strategy, and the Spark job adds up partial sums: use zero, replication or norm");
         }
         DType type = switch (dtype.trim().toLowerCase(Locale.ROOT)) {
             case "f32", "float32" -> DType.F32;

@@ -33,6 +33,13 @@ import org.apache.spark.api.java.JavaSparkContext;
  * writes the global adapter. Memory per task and per merge is one global adapter, whatever the
  * number of clients.
  *
+ * <p>SVD and STACK (DESIGN §9) cannot be summed: their partials carry every client's float32
+ * factors ({@code (m + n) * sum r_k * 4} bytes per module), so the partials grow up the tree and
+ * the driver holds all clients' factors before it factorises them once. The tree reduction merges
+ * partials in an order of its own, so the driver puts the clients back in manifest order
+ * ({@link Partial#inClientOrder}) and gets what {@code fedlora aggregate} gets from the clients in
+ * that order.
+ *
  * <p>A bad client (unreadable, malformed, refused by the aggregator, or disagreeing with the first
  * readable client) is reported by name and left out; it never fails the job. Map tasks have no
  * side effects: a retried task recomputes its partial from its clients and Spark keeps one
@@ -134,11 +141,6 @@ public final class SparkAggregation {
      * @throws IllegalArgumentException when no client of the manifest can be used
      */
     public static Result run(JavaSparkContext spark, Manifest manifest, Options options, Path output) throws IOException {
-        Strategy strategy = options.policy().strategy();
-        if (strategy.productSpace()) {
-            throw new IllegalArgumentException(strategy.cliName() + " is a batch strategy (it needs every client's factors"
-                    + " at once), and the Spark job adds up partial sums: use zero, replication or norm, or fedlora aggregate");
-        }
         long start = System.nanoTime();
         Map<String, String> hadoopSettings = new LinkedHashMap<>();
         for (scala.Tuple2<String, String> setting : spark.getConf().getAllWithPrefix("spark.hadoop.")) {
@@ -164,8 +166,10 @@ public final class SparkAggregation {
                     + (bad.isEmpty() ? "" : "; first: " + bad.get(0)) + ")");
         }
         Map<String, Tensor> global;
-        try (Aggregator aggregator = spec.newAggregator();
-                Round round = aggregator.roundFromPartial(Partial.fromBytes(MemorySegment.ofArray(total.partial())))) {
+        // SVD, STACK: the clients back in manifest order (treeReduce merges in an order of its own).
+        Partial last = Partial.fromBytes(MemorySegment.ofArray(total.partial()))
+                .inClientOrder(clients.stream().map(Manifest.Entry::clientId).toList());
+        try (Aggregator aggregator = spec.newAggregator(); Round round = aggregator.roundFromPartial(last)) {
             global = orderLike(base.schema.keys(), round.finish());
         }
         long finished = System.nanoTime();

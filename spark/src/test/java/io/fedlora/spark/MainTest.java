@@ -34,7 +34,6 @@ class MainTest {
 
         assertEquals(2, Main.run("--strategy", "median", "--manifest", manifest.toString(), "-o", out.toString()));
         assertEquals(2, Main.run("--manifest", manifest.toString()));
-        assertEquals(2, Main.run("--strategy", "svd", "--manifest", manifest.toString(), "-o", out.toString()));
         assertFalse(Files.exists(out));
 
         assertEquals(0, Main.run("--master", "local[2]", "--strategy", "zero", "--manifest", manifest.toString(),
