@@ -70,7 +70,8 @@ public final class Suite {
         for (Slice slice : slices) {
             ChainedOptionsBuilder options = new OptionsBuilder().include(slice.include()).forks(1).shouldFailOnError(true);
             if (slice.singleShot()) {
-                options.mode(Mode.SingleShotTime).warmupIterations(0).measurementIterations(1);
+                // The K = 100 SVD takes 5-15 minutes here, past JMH's default 10-minute timeout.
+                options.mode(Mode.SingleShotTime).warmupIterations(0).measurementIterations(1).timeout(TimeValue.minutes(45));
             } else if (smoke) {
                 options.warmupIterations(1).warmupTime(TimeValue.milliseconds(20))
                         .measurementIterations(1).measurementTime(TimeValue.milliseconds(50));
