@@ -410,6 +410,23 @@ class SvdSplit(unittest.TestCase):
             self.assertFalse(np.allclose(got["flexlora"]["base_model.model.layers.0.q_proj.lora_A.weight"],
                                          got["balanced"]["base_model.model.layers.0.q_proj.lora_A.weight"]))
 
+    def test_a_balanced_round_and_its_partial_equal_the_batch(self):
+        updates = clients(52, [2, 4, 8, 3])
+        with fedlora.Aggregator(strategy="svd", rank=self.RANK, split="balanced") as agg, \
+                fedlora.Aggregator(strategy="svd", rank=self.RANK) as flex:
+            batch = agg.aggregate(updates)
+            with agg.round() as rnd:
+                for u in updates:
+                    rnd.add(*u)
+                for k, v in rnd.finish().items():
+                    np.testing.assert_array_equal(v, batch[k], k)
+                partial = rnd.to_partial()
+            with agg.round_from_partial(partial) as again:
+                for k, v in again.finish().items():
+                    np.testing.assert_array_equal(v, batch[k], k)
+            with flex.round() as other, self.assertRaisesRegex(ValueError, "only rounds of equal policies merge"):
+                other.merge_partial(partial)
+
     def test_bad_split_values(self):
         with self.assertRaisesRegex(ValueError, "split must be one of flexlora, balanced, got 'diagonal'"):
             fedlora.Aggregator(strategy="svd", split="diagonal")
