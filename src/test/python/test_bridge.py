@@ -359,6 +359,85 @@ class RoundsThreadsAndRefusals(unittest.TestCase):
             fedlora.truncate(g, 9)
 
 
+class SvdSplit(unittest.TestCase):
+    """strategy="svd" with split="flexlora" (default) or "balanced": the same s B A, the best rank-R
+    approximation of the float64 weighted average; balanced factors have ||B e_i|| = ||A^T e_i||,
+    FlexLoRA's A rows are unit vectors; truncate() of either is each rank's best approximation."""
+
+    RANK = 6
+
+    def best(self, updates, key_a, r, scale=None):
+        key_b = key_a.replace("lora_A", "lora_B")
+        total = sum(w for _, w, _ in updates)
+        dw = sum((w / total) * (1.0 if scale is None else scale / t[key_a].shape[0])
+                 * t[key_b].astype(np.float64) @ t[key_a].astype(np.float64) for _, w, t in updates)
+        u, sigma, vt = np.linalg.svd(dw)
+        return dw, (u[:, :r] * sigma[:r]) @ vt[:r], sigma
+
+    def test_both_splits_give_the_best_rank_r_product(self):
+        updates = clients(51, [2, 4, 8, 3])
+        for alpha in (None, 16.0):
+            scale = None if alpha is None else fedlora.LoraScale(alpha)
+            s_out = 1.0 if alpha is None else alpha / self.RANK
+            got = {}
+            for split in (None,) + fedlora.SPLITS:
+                with self.subTest(split=split, alpha=alpha):
+                    agg = fedlora.Aggregator(strategy="svd", rank=self.RANK, split=split, scale=scale)
+                    self.assertEqual(agg.split, split or "flexlora")
+                    g = got[split] = agg.aggregate(updates)
+                    agg.close()
+                    for mod in MODULES:
+                        key_a = f"base_model.model.{mod}.lora_A.weight"
+                        a, b = g[key_a].astype(np.float64), g[key_a.replace("lora_A", "lora_B")].astype(np.float64)
+                        self.assertEqual(a.shape[0], self.RANK)
+                        dw, want, sigma = self.best(updates, key_a, self.RANK, alpha)
+                        err = np.linalg.norm(s_out * b @ a - want) / np.linalg.norm(dw)
+                        self.assertLess(err, 2e-6, f"{split}/{mod}")
+                        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=0)
+                        if split == "balanced":
+                            np.testing.assert_allclose(nb, na, rtol=1e-5)
+                            np.testing.assert_allclose(nb * na, sigma[:self.RANK] / s_out, rtol=2e-5)
+                        else:
+                            np.testing.assert_allclose(na, 1.0, rtol=1e-5)
+                        for r in (2, 3, 4):
+                            t = fedlora.truncate(g, r)
+                            ta = t[key_a].astype(np.float64)
+                            tb = t[key_a.replace("lora_A", "lora_B")].astype(np.float64)
+                            _, want_r, _ = self.best(updates, key_a, r, alpha)
+                            self.assertLess(np.linalg.norm(s_out * tb @ ta - want_r) / np.linalg.norm(dw), 2e-6)
+            np.testing.assert_array_equal(got[None]["base_model.model.layers.0.q_proj.lora_A.weight"],
+                                          got["flexlora"]["base_model.model.layers.0.q_proj.lora_A.weight"])
+            self.assertFalse(np.allclose(got["flexlora"]["base_model.model.layers.0.q_proj.lora_A.weight"],
+                                         got["balanced"]["base_model.model.layers.0.q_proj.lora_A.weight"]))
+
+    def test_a_balanced_round_and_its_partial_equal_the_batch(self):
+        updates = clients(52, [2, 4, 8, 3])
+        with fedlora.Aggregator(strategy="svd", rank=self.RANK, split="balanced") as agg, \
+                fedlora.Aggregator(strategy="svd", rank=self.RANK) as flex:
+            batch = agg.aggregate(updates)
+            with agg.round() as rnd:
+                for u in updates:
+                    rnd.add(*u)
+                for k, v in rnd.finish().items():
+                    np.testing.assert_array_equal(v, batch[k], k)
+                partial = rnd.to_partial()
+            with agg.round_from_partial(partial) as again:
+                for k, v in again.finish().items():
+                    np.testing.assert_array_equal(v, batch[k], k)
+            with flex.round() as other, self.assertRaisesRegex(ValueError, "only rounds of equal policies merge"):
+                other.merge_partial(partial)
+
+    def test_bad_split_values(self):
+        with self.assertRaisesRegex(ValueError, "split must be one of flexlora, balanced, got 'diagonal'"):
+            fedlora.Aggregator(strategy="svd", split="diagonal")
+        with self.assertRaisesRegex(TypeError, "split must be"):
+            fedlora.Aggregator(strategy="svd", split=1)
+        for strategy in ("zero", "replication", "norm", "stack"):
+            with self.assertRaisesRegex(ValueError, "split applies to strategy 'svd' only"):
+                fedlora.Aggregator(strategy=strategy, split="flexlora")
+        self.assertEqual(fedlora.Aggregator(strategy="SVD", split="Balanced").split, "balanced")
+
+
 class DownloadTruncation(unittest.TestCase):
     """What the Flower strategies send a client: the global cut to the ranks it last sent."""
 

@@ -18,8 +18,12 @@ from ._jvm import FedloraUnavailable
 __all__ = ["Aggregator", "Round", "Partial", "InvalidUpdate", "LoraScale", "FedloraUnavailable", "truncate",
            "backend"]
 
-# The strategies of DESIGN §2; the Java enum may know more (Aggregator accepts any it names).
+# The strategies of DESIGN §2; the Java enum may know more (Aggregator accepts any it names:
+# "svd" and "stack" of DESIGN §9 too).
 STRATEGIES = ("zero", "replication", "norm")
+
+# How strategy "svd" splits U Sigma V^T into LoRA factors (DESIGN §9; Aggregator's ``split``).
+SPLITS = ("flexlora", "balanced")
 
 
 class InvalidUpdate(ValueError):
@@ -105,24 +109,37 @@ class Partial:
 class Aggregator:
     """Aggregates LoRA client updates of different ranks into one global adapter.
 
-    strategy: "zero", "replication" (the paper's, default), "norm", or any other strategy this
-        fedlora's Java side names (io.fedlora.Strategy).
+    strategy: "zero", "replication" (the paper's, default), "norm", "svd", "stack", or any other
+        strategy this fedlora's Java side names (io.fedlora.Strategy).
     rank: the global rank; 0 takes each module's largest client rank.
     allow_missing: average a module over the clients that have it instead of refusing.
     scale: a LoraScale to fold each client's LoRA scale into B (clients use the same alpha at
         their own rank unless an update carries its own scale); None averages factors as they are.
     backend: "auto" (the process-wide backend), "cuda", "vector" or "scalar".
+    split: for strategy "svd" only (ValueError with any other), how U Sigma V^T becomes LoRA
+        factors, ``s`` the global scale with ``scale``, else 1: "flexlora" (None, the default;
+        FlexLoRA / PEFT svd: B = U Sigma / s, A = V^T) or "balanced" (PiSSA-like:
+        B = U (Sigma / s)^1/2, A = (Sigma / s)^1/2 V^T). Both give the same s B A, and truncate()
+        gives each client its best rank-r part of either; continued training sees different factors.
     """
 
-    def __init__(self, strategy="replication", rank=0, allow_missing=False, scale=None, backend="auto"):
+    def __init__(self, strategy="replication", rank=0, allow_missing=False, scale=None, backend="auto", split=None):
         if not isinstance(strategy, str):
             raise TypeError(f"strategy must be a name such as 'replication', got {type(strategy).__name__}")
         if not isinstance(rank, int) or rank < 0:
             raise ValueError(f"rank must be an int >= 0, got {rank!r}")
         if scale is not None and not isinstance(scale, LoraScale):
             raise TypeError(f"scale must be a fedlora.LoraScale or None, got {type(scale).__name__}")
+        if split is not None:
+            if not isinstance(split, str):
+                raise TypeError(f"split must be 'flexlora', 'balanced' or None, got {type(split).__name__}")
+            if split.lower() not in SPLITS:
+                raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+            if strategy.lower() != "svd":
+                raise ValueError(f"split applies to strategy 'svd' only; {strategy!r} has no factorisation to split")
         self.strategy, self.rank, self.allow_missing, self.scale, self.backend = \
             strategy, rank, bool(allow_missing), scale, backend
+        self.split = "flexlora" if split is None else split.lower()
         c = self._c = _jvm.classes()
         try:
             java_strategy = c.Strategy.valueOf(strategy.upper())
@@ -130,7 +147,8 @@ class Aggregator:
             names = ", ".join(str(s.name()).lower() for s in c.Strategy.values())
             raise ValueError(f"strategy must be one of {names}, got {strategy!r}") from None
         builder = (c.Aggregator.builder().strategy(java_strategy)
-                   .globalRank(rank).allowMissing(bool(allow_missing)))
+                   .globalRank(rank).allowMissing(bool(allow_missing))
+                   .split(c.Split.valueOf(self.split.upper())))
         if scale is not None:
             builder = builder.foldScale(scale._java(c))
         if backend != "auto":

@@ -95,6 +95,7 @@ class _Classes:
         self.Aggregator = j("io.fedlora.Aggregator")
         self.ClientUpdate = j("io.fedlora.ClientUpdate")
         self.Strategy = j("io.fedlora.Strategy")
+        self.Split = j("io.fedlora.product.Split")
         self.LoraScale = j("io.fedlora.LoraScale")
         self.InvalidUpdateException = j("io.fedlora.InvalidUpdateException")
         self.Partial = j("io.fedlora.Partial")

@@ -7,6 +7,7 @@ import io.fedlora.tensor.Tensor;
 import io.fedlora.kernels.Backends;
 import io.fedlora.product.FidelityReport;
 import io.fedlora.product.ProductSpace;
+import io.fedlora.product.Split;
 import io.fedlora.kernels.Kernels;
 import io.fedlora.tensor.Matrix;
 import java.util.ArrayList;
@@ -51,7 +52,7 @@ public final class Aggregator implements AutoCloseable {
     private volatile ProductSpace productSpace;
 
     private Aggregator(Builder b) {
-        this.policy = new Policy(b.strategy, b.globalRank, b.allowMissing, b.foldScale);
+        this.policy = new Policy(b.strategy, b.globalRank, b.allowMissing, b.foldScale, b.split);
         if (b.kernels != null) {
             this.kernels = b.kernels;
             this.ownsKernels = false;
@@ -455,17 +456,19 @@ public final class Aggregator implements AutoCloseable {
         private int threads;
         private boolean allowMissing;
         private LoraScale foldScale;
+        private Split split = Split.FLEXLORA;
         private Kernels kernels;
 
         private Builder() {
         }
 
-        /** Every setting of {@code policy}: strategy, global rank, missing modules, scale folding. */
+        /** Every setting of {@code policy}: strategy, global rank, missing modules, scale folding, split. */
         public Builder policy(Policy policy) {
             this.strategy = policy.strategy();
             this.globalRank = policy.globalRank();
             this.allowMissing = policy.allowMissing();
             this.foldScale = policy.foldScale();
+            this.split = policy.split();
             return this;
         }
 
@@ -511,6 +514,16 @@ public final class Aggregator implements AutoCloseable {
          */
         public Builder foldScale(LoraScale global) {
             this.foldScale = global;
+            return this;
+        }
+
+        /**
+         * How {@link Strategy#SVD} splits its factorisation into LoRA factors (default
+         * {@link Split#FLEXLORA}); ignored (normalised to FLEXLORA, see {@link Policy}) for every
+         * other strategy.
+         */
+        public Builder split(Split split) {
+            this.split = Objects.requireNonNull(split, "split");
             return this;
         }
 

@@ -446,6 +446,7 @@ public final class Partial {
         } else {
             j.put("foldScale", null);
         }
+        j.put("split", policy.split().name());
         return j;
     }
 
@@ -474,7 +475,17 @@ public final class Partial {
                 throw bad(e.getMessage());
             }
         }
-        return new Policy(strategy, rank, allow, fold);
+        // Partials written before the split existed have none: FLEXLORA, what they were computed with.
+        io.fedlora.product.Split split = io.fedlora.product.Split.FLEXLORA;
+        if (j.containsKey("split")) {
+            String name = string(j.get("split"), "policy split");
+            try {
+                split = io.fedlora.product.Split.valueOf(name);
+            } catch (IllegalArgumentException e) {
+                throw bad("unknown split '" + name + "'; expected FLEXLORA or BALANCED");
+            }
+        }
+        return new Policy(strategy, rank, allow, fold, split);
     }
 
     private static IllegalArgumentException bad(String why) {

@@ -91,11 +91,11 @@ final class ProductModules {
     }
 
     /**
-     * How the SVD is split into LoRA factors. The one place the policy's split is read: until
-     * {@code Policy} carries a split, FlexLoRA (the policy's default).
+     * How the SVD is split into LoRA factors: the policy's split (FlexLoRA unless asked
+     * otherwise). The one place the policy's split is read.
      */
     static Split split(Policy policy) {
-        return Split.FLEXLORA;
+        return policy.split();
     }
 
     /** {@link #aggregate(String, String, String, List, Policy, ProductSpace, Map)} of the batch's owners of {@code module}. */

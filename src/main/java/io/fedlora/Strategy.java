@@ -15,8 +15,9 @@ public enum Strategy {
     NORM,
     /**
      * Product space (DESIGN §9): the best rank-R approximation of the exact weighted average
-     * {@code sum_k w_k B_k A_k} (with the clients' LoRA scales when folding), FlexLoRA / PEFT-svd
-     * split ({@code B = U Sigma / s_out}, {@code A = V^T}); components ordered by singular value, so
+     * {@code sum_k w_k B_k A_k} (with the clients' LoRA scales when folding), split as
+     * {@link Policy#split()} says: FlexLoRA / PEFT-svd ({@code B = U Sigma / s_out}, {@code A = V^T},
+     * the default) or balanced; components ordered by singular value, so
      * {@link Aggregator#truncate} gives every client its best rank-r_k part (FlexLoRA
      * redistribution). Never forms the m x n matrix. Batch or round: a {@link Round} keeps every
      * client's float32 factors, {@code (m + n) * sum_k r_k * 4} bytes per module

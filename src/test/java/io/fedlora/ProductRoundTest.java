@@ -80,6 +80,8 @@ class ProductRoundTest {
         }
         out.add(Arguments.of(new Policy(Strategy.SVD, 6, true, SCALE))); // a global rank above some client ranks
         out.add(Arguments.of(new Policy(Strategy.SVD, 2, false, null)));
+        out.add(Arguments.of(new Policy(Strategy.SVD, 6, true, SCALE, io.fedlora.product.Split.BALANCED)));
+        out.add(Arguments.of(new Policy(Strategy.SVD, 0, false, null, io.fedlora.product.Split.BALANCED)));
         return out.stream();
     }
 

@@ -12,6 +12,7 @@ import io.fedlora.io.InvalidFileException;
 import io.fedlora.io.AdapterConfig;
 import io.fedlora.io.PeftAdapter;
 import io.fedlora.io.TargetModules;
+import io.fedlora.product.Split;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -44,11 +45,20 @@ final class AggregateCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
 
-    @Option(names = "--strategy", required = true, paramLabel = "zero|replication|norm",
+    @Option(names = "--strategy", required = true, paramLabel = "zero|replication|norm|svd|stack",
             converter = Options.StrategyConverter.class,
             description = "zero: zero-padding; replication: the paper's replication padding; "
-                    + "norm: ||BA||_F-weighted zero-padding.")
+                    + "norm: ||BA||_F-weighted zero-padding; svd: the best rank-R approximation of the exact "
+                    + "weighted average of the clients' B A (see --split); stack: FLoRA's exact stack at rank sum r_k.")
     Strategy strategy;
+
+    @Option(names = "--split", paramLabel = "flexlora|balanced",
+            converter = Options.SplitConverter.class,
+            description = "How --strategy svd splits U Sigma V^T into LoRA factors (same scale * B A either way; "
+                    + "continued training differs): flexlora (default, FlexLoRA / PEFT svd): B = U Sigma / s, "
+                    + "A = V^T; balanced (PiSSA-like): B = U (Sigma / s)^1/2, A = (Sigma / s)^1/2 V^T; "
+                    + "s the global LoRA scale with --scale fold, else 1. Only with --strategy svd (an error otherwise).")
+    Split split;
 
     @Option(names = "--weights", split = ",", paramLabel = "w1,w2,...",
             description = "Client weights (e.g. sample counts) in the order of the clients; default uniform.")
@@ -116,6 +126,10 @@ final class AggregateCommand implements Callable<Integer> {
         if (weights != null && weightsFile != null) {
             throw new ParameterException(spec.commandLine(), "give --weights or --weights-file, not both");
         }
+        if (split != null && strategy != Strategy.SVD) {
+            throw new ParameterException(spec.commandLine(), "--split applies to --strategy svd only; "
+                    + strategy.cliName() + " has no factorisation to split");
+        }
         if (strategy == Strategy.NORM && (weights != null || weightsFile != null)) {
             throw new ParameterException(spec.commandLine(), "--strategy norm weights each client by ||B A||_F "
                     + "and does not take --weights; use zero or replication for data weights");
@@ -133,9 +147,11 @@ final class AggregateCommand implements Callable<Integer> {
         job.usage = spec;
         job.mapped = !noMmap;
         job.report = report;
+        job.split = split == null ? Split.FLEXLORA : split;
         Result result = job.run(Progress.of(main.err, progress, clients.size()));
         main.out.printf(Locale.ROOT, "%s: %d clients, %s, backend %s, global rank %d, %s in %.3f s (%.2f GB/s)%n",
-                output, result.clients(), strategy.name().toLowerCase(Locale.ROOT), result.backend(),
+                output, result.clients(), strategy.cliName() + (job.split == Split.BALANCED ? " (balanced split)" : ""),
+                result.backend(),
                 result.globalRank(), Progress.bytes(result.bytesRead()), result.seconds(),
                 result.bytesRead() / result.seconds() / 1e9);
         if (main.verbose || spec.commandLine().getParseResult().hasMatchedOption("--verbose")) {
@@ -326,6 +342,8 @@ final class AggregateCommand implements Callable<Integer> {
         boolean mapped = true;
         /** Where to write the fidelity report (JSON), or null. */
         Path report;
+        /** How SVD splits its factorisation (the policy's split; FLEXLORA for every other strategy). */
+        Split split = Split.FLEXLORA;
         /** For usage errors found once the clients are open (a --rank too large for memory); may be null. */
         CommandSpec usage;
 
@@ -557,7 +575,8 @@ final class AggregateCommand implements Callable<Integer> {
             Aggregator.Builder builder = Aggregator.builder()
                     .strategy(strategy)
                     .globalRank(rank)
-                    .allowMissing(allowMissing);
+                    .allowMissing(allowMissing)
+                    .split(split);
             if (!backend.equals("auto")) {
                 builder.backend(backend);
             }

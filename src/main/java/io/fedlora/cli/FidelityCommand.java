@@ -41,7 +41,8 @@ final class FidelityCommand implements Callable<Integer> {
 
     @Option(names = "--strategy", split = ",", paramLabel = "zero,replication,norm,svd,stack",
             converter = Options.StrategyConverter.class,
-            description = "Strategies to report on (default all five).")
+            description = "Strategies to report on (default all five). svd's figures hold for either of "
+                    + "aggregate's --split values: both write the same scale * B A.")
     List<Strategy> strategies;
 
     @Option(names = "--weights", split = ",", paramLabel = "w1,w2,...",

@@ -2,6 +2,7 @@ package io.fedlora.cli;
 
 import io.fedlora.tensor.DType;
 import io.fedlora.Strategy;
+import io.fedlora.product.Split;
 import java.util.Locale;
 import java.util.Set;
 import picocli.CommandLine.ITypeConverter;
@@ -18,7 +19,7 @@ final class Options {
             try {
                 return Strategy.parse(value);
             } catch (IllegalArgumentException e) {
-                throw new TypeConversionException("'" + value + "' is not one of zero, replication, norm");
+                throw new TypeConversionException("'" + value + "' is not one of zero, replication, norm, svd, stack");
             }
         }
     }
@@ -63,6 +64,18 @@ final class Options {
                 case "none" -> Scale.NONE;
                 case "fold" -> Scale.FOLD;
                 default -> throw new TypeConversionException("'" + value + "' is not one of none, fold");
+            };
+        }
+    }
+
+    /** {@code --split flexlora|balanced}: how SVD splits its factorisation (DESIGN §9). */
+    static final class SplitConverter implements ITypeConverter<Split> {
+        @Override
+        public Split convert(String value) {
+            return switch (value.toLowerCase(Locale.ROOT)) {
+                case "flexlora" -> Split.FLEXLORA;
+                case "balanced" -> Split.BALANCED;
+                default -> throw new TypeConversionException("'" + value + "' is not one of flexlora, balanced");
             };
         }
     }

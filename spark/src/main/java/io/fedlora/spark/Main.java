@@ -2,6 +2,7 @@ package io.fedlora.spark;
 
 import io.fedlora.Policy;
 import io.fedlora.Strategy;
+import io.fedlora.product.Split;
 import io.fedlora.tensor.DType;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
@@ -39,6 +40,11 @@ public final class Main implements Callable<Integer> {
     @Option(names = "--strategy", paramLabel = "zero|replication|norm", defaultValue = "replication",
             description = "Padding strategy (default replication), or svd or stack (their partials carry every client's factors).")
     String strategy;
+
+    @Option(names = "--split", paramLabel = "flexlora|balanced",
+            description = "How --strategy svd splits its factorisation, as for fedlora aggregate: flexlora (default) "
+                    + "or balanced. Only with --strategy svd.")
+    String split;
 
     @Option(names = "--rank", paramLabel = "R", defaultValue = "0",
             description = "Global rank; default the largest client rank of each module.")
@@ -175,10 +181,23 @@ public final class Main implements Callable<Integer> {
         if (!localRead.equals("map") && !localRead.equals("heap")) {
             throw new CommandLine.ParameterException(spec.commandLine(), "--local-read: expected map or heap, got '" + localRead + "'");
         }
+        Split chosen = Split.FLEXLORA;
+        if (split != null) {
+            chosen = switch (split.trim().toLowerCase(Locale.ROOT)) {
+                case "flexlora" -> Split.FLEXLORA;
+                case "balanced" -> Split.BALANCED;
+                default -> throw new CommandLine.ParameterException(spec.commandLine(),
+                        "--split: expected flexlora or balanced, got '" + split + "'");
+            };
+            if (s != Strategy.SVD) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "--split applies to --strategy svd only; "
+                        + s.cliName() + " has no factorisation to split");
+            }
+        }
         if (rank < 0 || threads < 1 || partitions < 0) {
             throw new CommandLine.ParameterException(spec.commandLine(), "--rank >= 0, --threads >= 1, --partitions >= 0");
         }
-        return SparkAggregation.Options.of(Policy.of(s).withGlobalRank(rank).withAllowMissing(allowMissing))
+        return SparkAggregation.Options.of(Policy.of(s).withGlobalRank(rank).withAllowMissing(allowMissing).withSplit(chosen))
                 .withFold(scale.equals("fold")).withBackend(backend, threads).withPartitions(partitions).withDtype(type)
                 .withHeapLocal(localRead.equals("heap")).withForce(force || repeat > 1);
     }

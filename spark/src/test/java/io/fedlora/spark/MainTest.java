@@ -34,6 +34,8 @@ class MainTest {
 
         assertEquals(2, Main.run("--strategy", "median", "--manifest", manifest.toString(), "-o", out.toString()));
         assertEquals(2, Main.run("--manifest", manifest.toString()));
+        assertEquals(2, Main.run("--strategy", "svd", "--split", "diagonal", "--manifest", manifest.toString(), "-o", out.toString()));
+        assertEquals(2, Main.run("--strategy", "zero", "--split", "balanced", "--manifest", manifest.toString(), "-o", out.toString()));
         assertFalse(Files.exists(out));
 
         assertEquals(0, Main.run("--master", "local[2]", "--strategy", "zero", "--manifest", manifest.toString(),

@@ -128,6 +128,23 @@ class SparkAggregationTest {
         assertSameAdapter(singleProcess(name, clients, dir.resolve("single-" + name)), out);
     }
 
+    /** SVD's balanced split travels with the policy to every task and partial: the result is {@code aggregate --split balanced}'s. */
+    @Test
+    void balancedSvdEqualsSingleProcessAggregation() throws IOException {
+        Path out = dir.resolve("spark-svd-balanced");
+        SparkAggregation.Result result = SparkAggregation.run(spark, manifest,
+                SparkAggregation.Options.of(Policy.of(Strategy.SVD).withSplit(io.fedlora.product.Split.BALANCED)), out);
+        assertEquals(List.of(), result.bad());
+        assertSameAdapter(singleProcess("svd", clients, dir.resolve("single-svd-balanced"), "--split", "balanced"), out);
+        Path flex = dir.resolve("single-svd-flexlora");
+        singleProcess("svd", clients, flex);
+        try (PeftAdapter a = PeftAdapter.open(out); PeftAdapter b = PeftAdapter.open(flex)) {
+            String key = a.tensors().keySet().stream().filter(k -> k.contains("lora_A")).findFirst().orElseThrow();
+            assertFalse(java.util.Arrays.equals(a.tensors().get(key).toFloatArray(), b.tensors().get(key).toFloatArray()),
+                    "the balanced factors are not FlexLoRA's");
+        }
+    }
+
     @Test
     void everyStrategyIsTested() {
         for (Strategy strategy : Strategy.values()) {
