@@ -98,3 +98,17 @@ class FlowerLegacy(unittest.TestCase):
             except AssertionError:
                 print(log_text[-4000:], file=sys.stderr)
                 raise
+
+
+class SplitOption(unittest.TestCase):
+    """The SVD split reaches the Java policy through both Flower strategies."""
+
+    def test_split_reaches_the_policy(self):
+        from fedlora.flower import FedLoRA, FedLoRALegacy
+        message = FedLoRA(strategy="svd", split="balanced")
+        legacy = FedLoRALegacy(["m.lora_A.weight", "m.lora_B.weight"], strategy="svd", split="balanced")
+        for s in (message, legacy):
+            self.assertEqual(str(s.aggregator._java.policy().split().name()), "BALANCED")
+        self.assertEqual(str(FedLoRA(strategy="svd").aggregator._java.policy().split().name()), "FLEXLORA")
+        with self.assertRaises(ValueError):
+            FedLoRA(strategy="zero", split="balanced")

@@ -29,3 +29,14 @@ class NvflareSimulator(unittest.TestCase):
             fl_common.check_federation(self, out_dir, log_text, fl_common.read_dropped(out_dir),
                                        name=lambda i: f"site-{i + 1}", truncated_downloads=False,
                                        log_round=fl_common.NAN_ROUND - 1)
+
+
+class SplitOption(unittest.TestCase):
+    """The SVD split reaches the Java policy, and is kept as an attribute for FedJob's serialisation."""
+
+    def test_split_reaches_the_policy(self):
+        from fedlora.nvflare import FedLoRAAggregator
+        a = FedLoRAAggregator(strategy="svd", split="balanced")
+        self.assertEqual(a.split, "balanced")
+        a._ensure_round()
+        self.assertEqual(str(a._aggregator._java.policy().split().name()), "BALANCED")

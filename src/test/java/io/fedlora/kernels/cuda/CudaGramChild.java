@@ -10,9 +10,10 @@ import java.util.Map;
 /**
  * Child-JVM entry for {@link CudaGramChildTest}: the CUDA backend on a library path with the
  * driver and without libcublas.so.12. SVD and the fidelity report need the device Grams and must
- * refuse with one line naming what is missing, allocating nothing, when the backend was asked for;
- * when auto chose it, SVD runs on the host Gram kernels (equal to the vector backend's, bit for bit:
- * the same kernels) with a warning. STACK needs no Gram matrix and must run, equal to the scalar
+ * refuse with one line naming what is missing, allocating nothing, when the backend was asked for.
+ * {@code auto} does not choose CUDA for SVD here (CudaAutoRule: dense algebra needs cuBLAS), so SVD
+ * runs on the vector backend, bit for bit; and Gram kernels paired with a CUDA backend that was not
+ * asked for ({@code ProductSpace.gramKernelsFor(kernels, false)}) are the host ones, with a warning. STACK needs no Gram matrix and must run, equal to the scalar
  * backend's. Prints what it found; exits 0 when its checks held.
  */
 public final class CudaGramChild {
@@ -50,7 +51,13 @@ public final class CudaGramChild {
             }
             System.out.println("live objects changed by the refusals: " + (Emulator.liveObjects() - baseline));
             ok &= Emulator.liveObjects() == baseline;
-            // auto chose cuda here (a driver, a device): SVD runs on the host Gram kernels, with a warning.
+            // A CUDA backend that nobody asked for pairs with the host Gram kernels, with a warning.
+            try (CudaKernels device = new CudaKernels(1)) {
+                String host = io.fedlora.product.ProductSpace.gramKernelsFor(device, false).name();
+                System.out.println("unrequested cuda pairs with: " + host);
+                ok &= "vector".equals(host);
+            }
+            // auto: a driver and a device, but no cuBLAS, so the dense algebra runs on the vector backend.
             try (Aggregator auto = Aggregator.builder().strategy(Strategy.SVD).globalRank(6).build();
                     Aggregator vector = Aggregator.builder().strategy(Strategy.SVD).globalRank(6).backend("vector").build()) {
                 System.out.println("auto backend=" + auto.backendName());

@@ -22,7 +22,7 @@ import org.junit.jupiter.api.io.TempDir;
 class CudaGramChildTest {
 
     @Test
-    void withoutCublasAForcedCudaRefusesSvdAndFidelityInOneLineAutoFallsBackAndStackRuns(@TempDir Path driverOnly) throws Exception {
+    void withoutCublasAForcedCudaRefusesSvdAndFidelityInOneLineAutoRunsVectorAndStackRuns(@TempDir Path driverOnly) throws Exception {
         assumeTrue(CudaChildProcessTest.emulatorOnLibraryPath(), "needs the device emulator (native/build) on LD_LIBRARY_PATH");
         Files.createSymbolicLink(driverOnly.resolve("libcuda.so.1"),
                 CudaChildProcessTest.emulatorDirectory().resolve("libcuda.so.1"));
@@ -38,8 +38,12 @@ class CudaGramChildTest {
         assertTrue(r.output().contains("allocations before the refusal: 0"), r.output());
         assertTrue(r.output().contains("live objects changed by the refusals: 0"), r.output());
         assertTrue(r.output().contains("stack on cuda equals scalar: true"), r.output());
-        assertTrue(r.output().contains("auto backend=cuda"), r.output());
+        // auto (CudaAutoRule): dense algebra goes to CUDA only where cuBLAS loads; here it is the vector backend.
+        assertTrue(r.output().contains("auto backend=vector"), r.output());
+        assertTrue(r.output().contains("fedlora runs the vector backend, not cuda: the dense algebra needs cuBLAS"), r.output());
         assertTrue(r.output().contains("svd under auto equals vector: true"), r.output());
+        // Gram kernels for a CUDA backend that was not asked for: the host ones, with one warning.
+        assertTrue(r.output().contains("unrequested cuda pairs with: vector"), r.output());
         assertTrue(r.output().contains("product space: the CUDA backend (chosen by auto) cannot load cuBLAS (libcublas.so.12): "
                 + "java.lang.UnsatisfiedLinkError"), r.output());
         assertTrue(r.output().contains("run on the vector Gram kernels instead"), r.output());
