@@ -32,17 +32,17 @@ def _client_name(content, key, default):
 class FedLoRA(_FedAvg):
     """FedAvg for the Message API, with fedlora's rank-heterogeneous aggregation.
 
-    strategy, rank, allow_missing, scale, backend: as for ``fedlora.Aggregator``.
+    strategy, rank, allow_missing, scale, split, backend: as for ``fedlora.Aggregator``.
     client_name_key: a ConfigRecord entry a reply may carry to name its client in logs and errors
         (default "client-id"); without it the client is named by its node id.
     Other keyword arguments go to FedAvg (``weighted_by_key`` defaults to "num-examples").
     """
 
-    def __init__(self, *, strategy="replication", rank=0, allow_missing=False, scale=None, backend="auto",
-                 client_name_key="client-id", **fedavg_kwargs):
+    def __init__(self, *, strategy="replication", rank=0, allow_missing=False, scale=None, split=None,
+                 backend="auto", client_name_key="client-id", **fedavg_kwargs):
         super().__init__(**fedavg_kwargs)
         self.aggregator = Aggregator(strategy=strategy, rank=rank, allow_missing=allow_missing,
-                                     scale=scale, backend=backend)
+                                     scale=scale, split=split, backend=backend)
         self.client_name_key = client_name_key
         self.last_ranks = {}  # node id -> factor name -> rank, as it last sent them
         self.dropped = {}  # server round -> [(client name, reason)]
@@ -108,6 +108,7 @@ class FedLoRA(_FedAvg):
 class FedLoRALegacy(_LegacyFedAvg):
     """FedAvg for ``flwr.server.start_server`` with fedlora's aggregation.
 
+    strategy, rank, allow_missing, scale, split, backend: as for ``fedlora.Aggregator``.
     keys: the PEFT names of the arrays, in the order clients send them (legacy Parameters are
         unnamed), e.g. ``list(get_peft_model_state_dict(model))``.
     client_name_key: a fit metric a client may send to name itself (default "client-id");
@@ -115,14 +116,14 @@ class FedLoRALegacy(_LegacyFedAvg):
     Other keyword arguments go to flwr.server.strategy.FedAvg.
     """
 
-    def __init__(self, keys, *, strategy="replication", rank=0, allow_missing=False, scale=None, backend="auto",
-                 client_name_key="client-id", **fedavg_kwargs):
+    def __init__(self, keys, *, strategy="replication", rank=0, allow_missing=False, scale=None, split=None,
+                 backend="auto", client_name_key="client-id", **fedavg_kwargs):
         super().__init__(**fedavg_kwargs)
         self.keys = list(keys)
         if len(set(self.keys)) != len(self.keys):
             raise ValueError("keys must be distinct PEFT names")
         self.aggregator = Aggregator(strategy=strategy, rank=rank, allow_missing=allow_missing,
-                                     scale=scale, backend=backend)
+                                     scale=scale, split=split, backend=backend)
         self.client_name_key = client_name_key
         self.last_ranks = {}  # cid -> factor name -> rank
         self.dropped = {}

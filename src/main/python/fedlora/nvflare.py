@@ -17,16 +17,17 @@ __all__ = ["FedLoRAAggregator"]
 
 
 class FedLoRAAggregator(ModelAggregator):
-    """strategy, rank, allow_missing, backend: as for ``fedlora.Aggregator``; ``scale_alpha`` (with
+    """strategy, rank, allow_missing, split, backend: as for ``fedlora.Aggregator``; ``scale_alpha`` (with
     ``rslora``) folds LoRA scales. ``weight_key``: the ``FLModel.meta`` entry that weights a client
     (default NVFlare's "NUM_STEPS_CURRENT_ROUND"; a client without it weighs 1, as in FLARE's FedAvg)."""
 
     def __init__(self, strategy="replication", rank=0, allow_missing=False, scale_alpha=None, rslora=False,
-                 backend="auto", weight_key="NUM_STEPS_CURRENT_ROUND"):
+                 backend="auto", weight_key="NUM_STEPS_CURRENT_ROUND", split=None):
         super().__init__()
         # Kept under their parameter names: FedJob serialises a component from these attributes.
         self.strategy, self.rank, self.allow_missing = strategy, rank, allow_missing
         self.scale_alpha, self.rslora, self.backend, self.weight_key = scale_alpha, rslora, backend, weight_key
+        self.split = split
         self._aggregator = None  # the JVM starts on the server, not where the job is built
         self._round = None
         self._params_type = None
@@ -37,7 +38,7 @@ class FedLoRAAggregator(ModelAggregator):
         if self._aggregator is None:
             scale = None if self.scale_alpha is None else LoraScale(float(self.scale_alpha), bool(self.rslora))
             self._aggregator = Aggregator(strategy=self.strategy, rank=self.rank, allow_missing=self.allow_missing,
-                                          scale=scale, backend=self.backend)
+                                          scale=scale, split=self.split, backend=self.backend)
         if self._round is None:
             self._round = self._aggregator.round()
         return self._round

@@ -190,28 +190,14 @@ public final class CudaGram implements GramKernels {
         abstract String what();
 
         private void release() {
-            RuntimeException first = null;
+            CudaSession.Teardown teardown = new CudaSession.Teardown();
             if (panel != null) {
                 CUdeviceptr old = panel;
                 panel = null;
-                try {
-                    session.free(old);
-                } catch (RuntimeException e) {
-                    first = e;
-                }
+                teardown.run(() -> session.free(old));
             }
-            try {
-                scope.close();
-            } catch (RuntimeException e) {
-                if (first == null) {
-                    first = e;
-                } else {
-                    first.addSuppressed(e);
-                }
-            }
-            if (first != null) {
-                throw first;
-            }
+            teardown.run(scope::close);
+            teardown.rethrow();
         }
 
         @Override

@@ -293,21 +293,12 @@ final class CudaSession implements AutoCloseable {
 
         @Override
         public void close() {
-            RuntimeException first = null;
+            Teardown teardown = new Teardown();
             while (!owned.isEmpty()) {
-                try {
-                    free(owned.pop());
-                } catch (RuntimeException e) {
-                    if (first == null) {
-                        first = e;
-                    } else {
-                        first.addSuppressed(e);
-                    }
-                }
+                CUdeviceptr pointer = owned.pop();
+                teardown.run(() -> free(pointer));
             }
-            if (first != null) {
-                throw first;
-            }
+            teardown.rethrow();
         }
     }
 

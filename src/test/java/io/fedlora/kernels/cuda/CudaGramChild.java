@@ -61,22 +61,22 @@ public final class CudaGramChild {
             try (Aggregator auto = Aggregator.builder().strategy(Strategy.SVD).globalRank(6).build();
                     Aggregator vector = Aggregator.builder().strategy(Strategy.SVD).globalRank(6).backend("vector").build()) {
                 System.out.println("auto backend=" + auto.backendName());
-                Map<String, Tensor> got = auto.aggregate(clients), want = vector.aggregate(clients);
-                boolean same = got.keySet().equals(want.keySet());
-                for (String key : want.keySet()) {
-                    same &= java.util.Arrays.equals(want.get(key).toFloatArray(), got.get(key).toFloatArray());
-                }
+                boolean same = sameBits(auto.aggregate(clients), vector.aggregate(clients));
                 System.out.println("svd under auto equals vector: " + same);
                 ok &= same;
             }
-            Map<String, Tensor> got = stack.aggregate(clients), want = reference.aggregate(clients);
-            boolean same = got.keySet().equals(want.keySet());
-            for (String key : want.keySet()) {
-                same &= java.util.Arrays.equals(want.get(key).toFloatArray(), got.get(key).toFloatArray());
-            }
+            boolean same = sameBits(stack.aggregate(clients), reference.aggregate(clients));
             System.out.println("stack on cuda equals scalar: " + same);
             ok &= same;
         }
         System.exit(ok ? 0 : 1);
+    }
+
+    private static boolean sameBits(Map<String, Tensor> got, Map<String, Tensor> want) {
+        boolean same = got.keySet().equals(want.keySet());
+        for (String key : want.keySet()) {
+            same &= java.util.Arrays.equals(want.get(key).toFloatArray(), got.get(key).toFloatArray());
+        }
+        return same;
     }
 }
