@@ -9,6 +9,10 @@ import io.fedlora.product.ProductSpace;
 import io.fedlora.product.Split;
 import io.fedlora.tensor.Matrix;
 import java.util.ArrayList;
+import org.ejml.data.DMatrixRMaj;
+import org.ejml.dense.row.CommonOps_MT_DDRM;
+import org.ejml.dense.row.factory.DecompositionFactory_MT_DDRM;
+import org.ejml.interfaces.decomposition.SingularValueDecomposition_F64;
 import java.util.List;
 import java.util.Random;
 import java.util.concurrent.TimeUnit;
@@ -58,6 +62,8 @@ public class ProductBench {
     private List<ModuleFactors> factors;
     private Grams grams;
     private int rank;
+    /** The factors in float64, for the dense alternative (widened once, outside the timing). */
+    private List<DMatrixRMaj> denseA, denseB;
 
     @Setup(Level.Trial)
     public void setUp() {
@@ -65,6 +71,8 @@ public class ProductBench {
         int[] ranks = ranks(clients);
         Random rnd = new Random(12);
         factors = new ArrayList<>();
+        denseA = new ArrayList<>();
+        denseB = new ArrayList<>();
         for (int k = 0; k < clients; k++) {
             int r = ranks[k];
             rank = Math.max(rank, r);
@@ -76,9 +84,19 @@ public class ProductBench {
                 b[i] = (float) (0.001 * rnd.nextGaussian());
             }
             factors.add(ModuleFactors.of("c" + k, Matrix.of(a, r, n), Matrix.of(b, m, r), 1 + rnd.nextInt(100)));
+            denseA.add(widen(a, r, n));
+            denseB.add(widen(b, m, r));
         }
         space = new ProductSpace(ProductSpace.gramKernelsFor(backend), Runtime.getRuntime().availableProcessors());
         grams = space.grams("bench", factors);
+    }
+
+    private static DMatrixRMaj widen(float[] x, int rows, int cols) {
+        DMatrixRMaj d = new DMatrixRMaj(rows, cols);
+        for (int i = 0; i < x.length; i++) {
+            d.data[i] = x[i];
+        }
+        return d;
     }
 
     static int rows(String shape) {
@@ -112,11 +130,26 @@ public class ProductBench {
      * fidelity understate their arithmetic rate.
      */
     static double gramFlops(String shape, int clients) {
+        return flops("grams", shape, clients);
+    }
+
+    /**
+     * The flops a method is credited with: the Grams' for grams, svd and fidelity; none for
+     * svdAfterGrams (it starts from the Grams); for denseAlternative the {@code m x n} products,
+     * {@code 2 m n S}, and the thin R-SVD, {@code 6 m n^2 + 20 n^3} for {@code m >= n} (Golub and
+     * Van Loan), a floor for any dense route.
+     */
+    static double flops(String method, String shape, int clients) {
         long s = 0;
         for (int r : ranks(clients)) {
             s += r;
         }
-        return (double) (rows(shape) + cols(shape)) * s * (s + 1);
+        double m = rows(shape), n = cols(shape), big = Math.max(m, n), small = Math.min(m, n);
+        return switch (method) {
+            case "svdAfterGrams" -> Double.NaN;
+            case "denseAlternative" -> 2 * m * n * s + 6 * big * small * small + 20 * small * small * small;
+            default -> (m + n) * s * (s + 1);
+        };
     }
 
     /** Bytes of factor data read: the clients' float32 A and B, once. */
@@ -147,6 +180,29 @@ public class ProductBench {
     @Benchmark
     public LowRank svdAfterGrams() {
         return space.svd(grams, factors, rank, Split.FLEXLORA, 1.0, Fill.ORTH);
+    }
+
+    /**
+     * The dense alternative the product-space route avoids, with the same library (EJML, float64,
+     * multithreaded): form the {@code m x n} weighted average {@code sum_k w_k B_k A_k} (one GEMM per
+     * client), then its thin SVD with both factors, as FlexLoRA and PEFT's {@code svd} merge do.
+     */
+    @Benchmark
+    public double[] denseAlternative() {
+        int m = rows(shape), n = cols(shape);
+        double total = 0;
+        for (ModuleFactors f : factors) {
+            total += f.weight();
+        }
+        DMatrixRMaj average = new DMatrixRMaj(m, n);
+        for (int k = 0; k < factors.size(); k++) {
+            CommonOps_MT_DDRM.multAdd(factors.get(k).weight() / total, denseB.get(k), denseA.get(k), average);
+        }
+        SingularValueDecomposition_F64<DMatrixRMaj> svd = DecompositionFactory_MT_DDRM.svd(m, n, true, true, true);
+        if (!svd.decompose(average)) {
+            throw new IllegalStateException("dense SVD did not converge");
+        }
+        return svd.getSingularValues();
     }
 
     @Benchmark

@@ -33,7 +33,7 @@ import org.openjdk.jmh.runner.options.TimeValue;
  * cores), issue2 (the lead's configuration and the triad only), issue8 (batch and streaming
  * REPLICATION rounds of 16 clients on both Llama modules, ranks 8..64 and {8, 16, 32, 64}, between
  * two triads), issue11 (product space: the FMA peak, SVD / Grams / fidelity of 16 and 100 Llama-shaped
- * clients), smoke (CI: every benchmark once, smallest shapes; fails when one did not produce a
+ * clients, the dense alternative at 16), smoke (CI: every benchmark once, smallest shapes; fails when one did not produce a
  * score).
  *
  * <p>Usage: {@code Suite full|issue2|issue8|issue11|smoke OUTPUT.json}
@@ -120,7 +120,11 @@ public final class Suite {
             // Issue 11: the FMA peak the GFLOP/s are a share of, 16 Llama-shaped clients (ranks
             // 8..64) on both modules, then K = 100 on the MLP module, one call each (minutes).
             case "issue11" -> List.of(new Slice(flops, Map.of()),
-                    new Slice(product, params("shape", "llama-attn,llama-mlp", "clients", "16", "backend", "vector")),
+                    new Slice(product + "(grams|svd|svdAfterGrams|fidelity)$", params("shape", "llama-attn,llama-mlp",
+                            "clients", "16", "backend", "vector")),
+                    // The dense alternative (m x n average, then a thin SVD): minutes a call.
+                    new Slice(product + "denseAlternative$", params("shape", "llama-attn,llama-mlp", "clients", "16",
+                            "backend", "vector"), true),
                     new Slice(product + "(grams|svdAfterGrams|fidelity)$", params("shape", "llama-mlp", "clients", "100",
                             "backend", "vector"), true),
                     new Slice(flops, Map.of()));
