@@ -93,6 +93,25 @@ public final class Safetensors implements AutoCloseable {
      * @throws InvalidFileException naming the file and the problem, for anything malformed
      */
     public static Safetensors open(Path path) throws IOException {
+        return read(path, (channel, size, arena, source) -> channel.map(FileChannel.MapMode.READ_ONLY, 0, size, arena));
+    }
+
+    /**
+     * Reads {@code path} into memory of its own (no mapping) and checks it: a file that shrinks
+     * while it is read is reported as such, and nothing that happens to the file afterwards can
+     * fault a later read. Costs a copy and the file's size in native memory until {@link #close()}.
+     */
+    public static Safetensors readCopy(Path path) throws IOException {
+        return read(path, Safetensors::copy);
+    }
+
+    /** How a file's bytes become the segment it is parsed from: mapped, or copied into the arena. */
+    private interface Bytes {
+        MemorySegment of(FileChannel channel, long size, Arena arena, String source) throws IOException;
+    }
+
+    /** Opens {@code path}, refuses a file too short for the header length, and parses what {@code bytes} gives. */
+    private static Safetensors read(Path path, Bytes bytes) throws IOException {
         String source = path.toString();
         Arena arena = Arena.ofShared();
         try (FileChannel channel = FileChannel.open(path, StandardOpenOption.READ)) {
@@ -101,8 +120,7 @@ public final class Safetensors implements AutoCloseable {
                 throw new InvalidFileException(source,
                         "not a safetensors file: it is " + size + " bytes, too short for the 8-byte header length");
             }
-            MemorySegment whole = channel.map(FileChannel.MapMode.READ_ONLY, 0, size, arena);
-            return parse(whole, source, arena);
+            return parse(bytes.of(channel, size, arena, source), source, arena);
         } catch (NoSuchFileException e) {
             arena.close();
             throw new InvalidFileException(source, "no such file", e);
@@ -115,43 +133,21 @@ public final class Safetensors implements AutoCloseable {
         }
     }
 
-    /**
-     * Reads {@code path} into memory of its own (no mapping) and checks it: a file that shrinks
-     * while it is read is reported as such, and nothing that happens to the file afterwards can
-     * fault a later read. Costs a copy and the file's size in native memory until {@link #close()}.
-     */
-    public static Safetensors readCopy(Path path) throws IOException {
-        String source = path.toString();
-        Arena arena = Arena.ofShared();
-        try (FileChannel channel = FileChannel.open(path, StandardOpenOption.READ)) {
-            long size = channel.size();
-            if (size < 8) {
-                throw new InvalidFileException(source,
-                        "not a safetensors file: it is " + size + " bytes, too short for the 8-byte header length");
-            }
-            MemorySegment copy = arena.allocate(size, 64);
-            long position = 0;
-            while (position < size) {
-                ByteBuffer chunk = copy.asSlice(position, Math.min(1L << 30, size - position)).asByteBuffer();
-                while (chunk.hasRemaining()) {
-                    if (channel.read(chunk, position + chunk.position()) < 0) {
-                        throw new InvalidFileException(source, "changed while being read: it was " + size
-                                + " bytes and ended after " + (position + chunk.position()));
-                    }
+    /** The whole file read into {@code arena}; a file that shrinks meanwhile is refused, naming it. */
+    private static MemorySegment copy(FileChannel channel, long size, Arena arena, String source) throws IOException {
+        MemorySegment copy = arena.allocate(size, 64);
+        long position = 0;
+        while (position < size) {
+            ByteBuffer chunk = copy.asSlice(position, Math.min(1L << 30, size - position)).asByteBuffer();
+            while (chunk.hasRemaining()) {
+                if (channel.read(chunk, position + chunk.position()) < 0) {
+                    throw new InvalidFileException(source, "changed while being read: it was " + size
+                            + " bytes and ended after " + (position + chunk.position()));
                 }
-                position += chunk.capacity();
             }
-            return parse(copy, source, arena);
-        } catch (NoSuchFileException e) {
-            arena.close();
-            throw new InvalidFileException(source, "no such file", e);
-        } catch (AccessDeniedException e) {
-            arena.close();
-            throw new InvalidFileException(source, "permission denied", e);
-        } catch (Throwable t) {
-            arena.close();
-            throw t;
+            position += chunk.capacity();
         }
+        return copy;
     }
 
     /**
