@@ -136,13 +136,7 @@ public final class Aggregator implements AutoCloseable {
             throw new IllegalArgumentException("no clients to aggregate");
         }
         List<ParsedUpdate> parsed = new ArrayList<>(clients.size());
-        for (ClientUpdate client : clients) {
-            parsed.add(ParsedUpdate.parse(client));
-        }
-        Shapes shapes = new Shapes(policy.allowMissing());
-        for (ParsedUpdate p : parsed) {
-            shapes.admit(p);
-        }
+        Shapes shapes = admit(clients, parsed);
         // The product-space strategies do not sum through the fused kernel, which finds NaN and
         // infinity as it sums: they scan every value first.
         boolean productSpace = policy.strategy().productSpace();
@@ -169,6 +163,21 @@ public final class Aggregator implements AutoCloseable {
             throw e;
         }
         return orderLike(out, clients.get(0).tensors().keySet());
+    }
+
+    /**
+     * Parses every client into {@code parsed} (structure only), then checks them against each other
+     * in client order: the first unusable client is refused, naming it.
+     */
+    private Shapes admit(List<ClientUpdate> clients, List<ParsedUpdate> parsed) {
+        for (ClientUpdate client : clients) {
+            parsed.add(ParsedUpdate.parse(client));
+        }
+        Shapes shapes = new Shapes(policy.allowMissing());
+        for (ParsedUpdate p : parsed) {
+            shapes.admit(p);
+        }
+        return shapes;
     }
 
     /** The clients that have {@code module}, in client order. */
@@ -209,12 +218,8 @@ public final class Aggregator implements AutoCloseable {
             throw new IllegalArgumentException("no clients to report on");
         }
         List<ParsedUpdate> parsed = new ArrayList<>(clients.size());
-        for (ClientUpdate client : clients) {
-            parsed.add(ParsedUpdate.parse(client));
-        }
-        Shapes shapes = new Shapes(policy.allowMissing());
+        Shapes shapes = admit(clients, parsed);
         for (ParsedUpdate p : parsed) {
-            shapes.admit(p);
             Screen.moduleWeights(p, Strategy.ZERO, kernels, true);
         }
         List<FidelityReport.ModuleInput> inputs = new ArrayList<>();
