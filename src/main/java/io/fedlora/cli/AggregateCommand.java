@@ -10,8 +10,8 @@ import io.fedlora.Strategy;
 import io.fedlora.tensor.Tensor;
 import io.fedlora.io.InvalidFileException;
 import io.fedlora.io.AdapterConfig;
+import io.fedlora.io.OutputConfig;
 import io.fedlora.io.PeftAdapter;
-import io.fedlora.io.TargetModules;
 import io.fedlora.product.Split;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -492,56 +492,14 @@ final class AggregateCommand implements Callable<Integer> {
             }
         }
 
-        /**
-         * The output's config (issue 9, README "What the output's scale means"): PEFT must apply,
-         * per module, the scale the arithmetic assumed. Folded: the global scale the facade
-         * divided B by. Not folded: the owning clients' weighted mean scale (each at its own
-         * rank); a client without a config has no known scale and does not count, and with no
-         * config at all the output carries scale 1.
-         */
+        /** The output's config by {@link OutputConfig}'s rule, the clients added in their order. */
         private AdapterConfig outputConfig(List<ClientInfo> open, LoraScale foldScale, int globalRank,
-                Map<String, Integer> outRanks, List<String> notes) {
-            AdapterConfig base = null;
-            List<Object> targets = new ArrayList<>();
-            for (ClientInfo a : open) {
-                if (a.config() != null) {
-                    base = base == null ? a.config() : base;
-                    targets.add(a.config().targetModules());
-                }
+                Map<String, Integer> outRanks, List<String> notes) throws InvalidFileException {
+            OutputConfig summary = new OutputConfig();
+            for (int k = 0; k < open.size(); k++) {
+                summary.add(k, open.get(k).config(), open.get(k).ranks(), weights[k]);
             }
-            Map<String, Double> scales = new LinkedHashMap<>();
-            List<Map<String, Integer>> clientRanks = new ArrayList<>();
-            for (ClientInfo a : open) {
-                clientRanks.add(a.ranks());
-            }
-            for (var e : outRanks.entrySet()) {
-                String module = e.getKey();
-                if (foldScale != null) {
-                    scales.put(module, foldScale.of(io.fedlora.PeftKeys.BASE_MODEL_PREFIX + module, e.getValue()));
-                    continue;
-                }
-                double sum = 0, total = 0, low = Double.POSITIVE_INFINITY, high = 0;
-                for (int k = 0; k < open.size(); k++) {
-                    AdapterConfig c = open.get(k).config();
-                    Integer r = clientRanks.get(k).get(module);
-                    if (c == null || r == null) {
-                        continue;
-                    }
-                    double s = c.scaleFor(module, r);
-                    sum += weights[k] * s;
-                    total += weights[k];
-                    low = Math.min(low, s);
-                    high = Math.max(high, s);
-                }
-                scales.put(module, total > 0 ? sum / total : 1.0);
-                if (total > 0 && low != high && notes.isEmpty()) {
-                    notes.add(String.format(Locale.ROOT, "the clients' LoRA scales differ (module %s: %.4g to %.4g); "
-                            + "the output carries their weighted mean; --scale fold keeps each client's", module, low, high));
-                }
-            }
-            boolean rsLora = base != null && base.useRslora();
-            return AdapterConfig.forOutput(base, globalRank, outRanks, scales, rsLora,
-                    targets.isEmpty() ? null : TargetModules.union(targets));
+            return summary.config(null, foldScale, globalRank, outRanks, notes);
         }
 
         /** A global rank the output cannot hold is a usage error, found before anything is allocated. */

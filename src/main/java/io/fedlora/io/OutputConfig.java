@@ -1,11 +1,7 @@
-package io.fedlora.spark;
+package io.fedlora.io;
 
 import io.fedlora.LoraScale;
 import io.fedlora.PeftKeys;
-import io.fedlora.io.AdapterConfig;
-import io.fedlora.io.InvalidFileException;
-import io.fedlora.io.PeftAdapter;
-import io.fedlora.io.TargetModules;
 import java.io.Serializable;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
@@ -17,36 +13,45 @@ import java.util.Locale;
 import java.util.Map;
 
 /**
- * What the output's {@code adapter_config.json} needs from the clients, gathered by the tasks and
- * added up like the partials: the first config (by manifest order), the distinct
- * {@code target_modules} values with where each was first seen, and per module the weighted sum
- * and total of the clients' LoRA scales (each at its own rank) with their smallest and largest.
- * The rule is {@code fedlora aggregate}'s (must match AggregateCommand.Job.outputConfig): folded,
- * the global scale; not folded, the owning clients' weighted mean scale; target modules, the union
- * over the clients. The means are summed in another order than there, so they agree to rounding.
+ * The output's {@code adapter_config.json} (issue 9, README "What the output's scale means"),
+ * gathered from the clients one at a time and added up like partials, so that {@code fedlora
+ * aggregate} and the Spark job (whose tasks each see some clients) share one rule. It keeps the
+ * first config (by client index), the distinct {@code target_modules} values with where each was
+ * first seen, and per module the weighted sum and total of the clients' LoRA scales (each at its
+ * own rank) with their smallest and largest. The rule: PEFT must apply, per module, the scale the
+ * arithmetic assumed. Folded, the global scale the facade divided B by; not folded, the owning
+ * clients' weighted mean scale (a client without a config has no known scale and does not count;
+ * with no config at all the output carries scale 1); target modules, the union over the clients.
+ * Merged summaries sum in their merge order, so the Spark job's means agree with the command
+ * line's to rounding.
  */
-final class ConfigSummary implements Serializable {
+public final class OutputConfig implements Serializable {
 
-    /** Manifest index and JSON of the first client with a config. */
+    /** Index and JSON of the first client with a config (JSON: what a Spark task ships). */
     private int firstConfigIndex = Integer.MAX_VALUE;
     private String firstConfigJson;
+    /** The same config as read, where this summary has not crossed a JVM boundary. */
+    private transient AdapterConfig firstConfig;
     /** Each distinct target_modules value (a String, a list of names, or null) -> the first index that had it. */
     private final Map<Object, Integer> targets = new LinkedHashMap<>();
     /** Module (base-model name) -> {sum of weight * scale, sum of weights, smallest scale, largest scale}. */
     private final Map<String, double[]> scales = new LinkedHashMap<>();
 
-    /** Records one good client: its manifest index, adapter and weight. */
-    void add(int index, PeftAdapter adapter, double weight) {
-        AdapterConfig config = adapter.config();
+    /**
+     * Records one good client: its index (client or manifest order), config (null: nothing to
+     * record), module ranks and weight.
+     */
+    public void add(int index, AdapterConfig config, Map<String, Integer> ranks, double weight) {
         if (config == null) {
             return;
         }
         if (index < firstConfigIndex) {
             firstConfigIndex = index;
             firstConfigJson = config.toJson();
+            firstConfig = config;
         }
         targets.merge(serialisable(config.targetModules()), index, Math::min);
-        PeftAdapter.moduleRanks(adapter.tensors()).forEach((module, rank) -> {
+        ranks.forEach((module, rank) -> {
             double s = config.scaleFor(module, rank);
             double[] acc = scales.computeIfAbsent(module, m -> new double[] {0, 0, Double.POSITIVE_INFINITY, 0});
             acc[0] += weight * s;
@@ -57,12 +62,13 @@ final class ConfigSummary implements Serializable {
     }
 
     /** Both summaries in one (a new object; neither is changed). */
-    static ConfigSummary merge(ConfigSummary x, ConfigSummary y) {
-        ConfigSummary out = new ConfigSummary();
-        for (ConfigSummary s : List.of(x, y)) {
+    public static OutputConfig merge(OutputConfig x, OutputConfig y) {
+        OutputConfig out = new OutputConfig();
+        for (OutputConfig s : List.of(x, y)) {
             if (s.firstConfigIndex < out.firstConfigIndex) {
                 out.firstConfigIndex = s.firstConfigIndex;
                 out.firstConfigJson = s.firstConfigJson;
+                out.firstConfig = s.firstConfig;
             }
             s.targets.forEach((value, index) -> out.targets.merge(value, index, Math::min));
             s.scales.forEach((module, acc) -> {
@@ -77,12 +83,15 @@ final class ConfigSummary implements Serializable {
     }
 
     /**
-     * The output's config for a global adapter of module ranks {@code outRanks}: {@code base} (the
-     * first client's config, or else the first config of any client), scales as the class comment
+     * The output's config for a global adapter of module ranks {@code outRanks}: {@code base} (a
+     * config the caller chose, or null for the first client's that has one), scales as the class comment
      * says. A note is added when the clients' scales differ and are averaged.
      */
-    AdapterConfig config(AdapterConfig base, LoraScale foldScale, int globalRank, Map<String, Integer> outRanks,
+    public AdapterConfig config(AdapterConfig base, LoraScale foldScale, int globalRank, Map<String, Integer> outRanks,
             List<String> notes) throws InvalidFileException {
+        if (base == null) {
+            base = firstConfig;
+        }
         if (base == null && firstConfigJson != null) {
             base = AdapterConfig.parse(firstConfigJson.getBytes(StandardCharsets.UTF_8), "the first client's config");
         }

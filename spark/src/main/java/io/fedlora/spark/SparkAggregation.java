@@ -1,5 +1,7 @@
 package io.fedlora.spark;
 
+import io.fedlora.io.OutputConfig;
+
 import io.fedlora.Aggregator;
 import io.fedlora.InvalidUpdateException;
 import io.fedlora.Round;
@@ -229,7 +231,7 @@ public final class SparkAggregation {
         boolean allowMissing = spec.policy().allowMissing(), fold = spec.policy().folds();
         boolean norm = spec.policy().strategy() == Strategy.NORM;
         List<BadClient> bad = new ArrayList<>();
-        ConfigSummary configs = new ConfigSummary();
+        OutputConfig configs = new OutputConfig();
         long clients = 0, bytes = 0, readNanos = 0, addNanos = 0, closeNanos = 0, encodeNanos = 0;
         byte[] partial = null;
         ClientFiles files = new ClientFiles(spec.hadoopSettings(), spec.heapLocal());
@@ -253,7 +255,7 @@ public final class SparkAggregation {
                     round.add(adapter.toUpdate(entry.clientId(), weight));
                     addNanos += System.nanoTime() - t1;
                     readNanos += t1 - t0;
-                    configs.add(entry.index(), adapter, weight);
+                    configs.add(entry.index(), adapter.config(), PeftAdapter.moduleRanks(adapter.tensors()), weight);
                     clients++;
                     bytes += adapter.byteSize();
                 } catch (IOException | UncheckedIOException | IllegalArgumentException e) {

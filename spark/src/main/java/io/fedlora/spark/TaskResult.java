@@ -1,5 +1,7 @@
 package io.fedlora.spark;
 
+import io.fedlora.io.OutputConfig;
+
 import java.io.Serializable;
 import java.util.ArrayList;
 import java.util.List;
@@ -26,7 +28,7 @@ import java.util.List;
  */
 public record TaskResult(byte[] partial, long clients, List<BadClient> bad, long bytesRead,
         long readNanos, long addNanos, long closeNanos, long encodeNanos, long mergeNanos, long taskNanos, long longestTaskNanos,
-        int tasks, ConfigSummary configs) implements Serializable {
+        int tasks, OutputConfig configs) implements Serializable {
 
     /** The two results' bad clients and counters, around an already merged partial. */
     static TaskResult combined(TaskResult x, TaskResult y, byte[] partial, long mergeNanos) {
@@ -35,6 +37,6 @@ public record TaskResult(byte[] partial, long clients, List<BadClient> bad, long
         return new TaskResult(partial, x.clients + y.clients, bad, x.bytesRead + y.bytesRead,
                 x.readNanos + y.readNanos, x.addNanos + y.addNanos, x.closeNanos + y.closeNanos, x.encodeNanos + y.encodeNanos,
                 x.mergeNanos + y.mergeNanos + mergeNanos, x.taskNanos + y.taskNanos,
-                Math.max(x.longestTaskNanos, y.longestTaskNanos), x.tasks + y.tasks, ConfigSummary.merge(x.configs, y.configs));
+                Math.max(x.longestTaskNanos, y.longestTaskNanos), x.tasks + y.tasks, OutputConfig.merge(x.configs, y.configs));
     }
 }
